@@ -1,0 +1,110 @@
+//! The command line: `turnd serve`, `turnd check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
+use crate::net::Server;
+
+/// turnd: a STUN/TURN server.
+#[derive(Debug, Parser)]
+#[command(name = "turnd", version, about, propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    /// Config file. Without it: $TURND_CONFIG, then /etc/turnd/turnd.toml, then the embedded defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server in the foreground, logging to stderr.
+    Serve,
+    /// Load and validate the config, then print the effective config.
+    CheckConfig,
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let config = match Config::discover(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            println!("# effective config, loaded from {}", config.source);
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(config),
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn serve(config: Config) -> ExitCode {
+    init_logging(&config);
+    let metrics = Arc::new(Metrics::new());
+    let server = match Server::start(&config, metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for e in server.skipped() {
+        tracing::warn!("skipping optional listener: {e}");
+    }
+    for b in server.bound() {
+        tracing::info!(transport = b.transport.as_str(), address = %b.address, "listening");
+    }
+    tracing::info!(config = %config.source, shards = config.shard_count(), version = env!("CARGO_PKG_VERSION"), "turnd ready");
+
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("turnd: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let signal = rt.block_on(wait_for_signal());
+    tracing::info!(signal, "shutting down");
+    server.stop();
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the only way out is being killed; wait forever.
+        std::future::pending::<()>().await;
+        return "none";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

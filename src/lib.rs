@@ -1,0 +1,13 @@
+//! turnd: a STUN/TURN server with a sans-IO protocol core.
+//!
+//! `proto` (wire format) and `server` (the engine) are plain synchronous code that takes
+//! bytes, addresses and time in, and gives bytes out. `net` holds the tokio drivers that own
+//! sockets and clocks. See DESIGN.md in the shared docs for the shape.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod net;
+pub mod proto;
+pub mod server;

@@ -1,0 +1,196 @@
+//! tokio drivers: bind every listener, run one shard per thread, stop on request.
+//!
+//! Each shard is an OS thread with a current-thread runtime. It owns an [`Engine`] and its
+//! own sockets: with several shards every listener is bound once per shard with
+//! SO_REUSEPORT, so the kernel spreads clients across shards and the packet path takes no
+//! cross-shard lock. Within a shard, tasks share the engine through `Rc<RefCell<_>>` and
+//! never hold the borrow across an `.await`.
+
+mod socket;
+mod tcp;
+mod udp;
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{Config, Source};
+use crate::metrics::Metrics;
+use crate::server::{Engine, EngineConfig, Transport};
+
+/// A socket that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {transport} {address}: {source}")]
+pub struct BindError {
+    pub transport: &'static str,
+    pub address: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// A listener as actually bound (the port is resolved when the config said 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub transport: Transport,
+    pub address: SocketAddr,
+}
+
+/// Per-listener TCP settings shared by the shards.
+#[derive(Clone)]
+pub(crate) struct TcpSettings {
+    pub connections: Arc<Semaphore>,
+    pub idle_timeout: std::time::Duration,
+}
+
+struct ShardSockets {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<(std::net::TcpListener, TcpSettings)>,
+}
+
+/// The running server: its bound listeners and its shard threads.
+pub struct Server {
+    bound: Vec<Bound>,
+    skipped: Vec<BindError>,
+    stop: watch::Sender<bool>,
+    shards: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every listener (so that errors surface before the server reports ready), then
+    /// starts the shards.
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Server, BindError> {
+        let shards = config.shard_count();
+        let reuse_port = shards > 1;
+        let mut sockets: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets { udp: vec![], tcp: vec![] }).collect();
+        let mut bound = Vec::new();
+        let mut skipped = Vec::new();
+
+        for l in &config.listen {
+            // The embedded default listens on [::] too; a host without IPv6 still starts.
+            let optional = config.source == Source::Embedded && l.address.is_ipv6();
+            let result = (|| -> Result<Vec<Bound>, BindError> {
+                let mut here = Vec::new();
+                if l.udp {
+                    let mut addr = l.address;
+                    for shard in sockets.iter_mut() {
+                        let s = socket::bind_udp(addr, reuse_port).map_err(|e| bind_err("udp", addr, e))?;
+                        addr = s.local_addr().map_err(|e| bind_err("udp", addr, e))?;
+                        shard.udp.push(s);
+                    }
+                    here.push(Bound { transport: Transport::Udp, address: addr });
+                }
+                if l.tcp {
+                    let settings = TcpSettings {
+                        connections: Arc::new(Semaphore::new(l.max_connections)),
+                        idle_timeout: l.idle_timeout,
+                    };
+                    let mut addr = l.address;
+                    for shard in sockets.iter_mut() {
+                        let s = socket::bind_tcp(addr, reuse_port).map_err(|e| bind_err("tcp", addr, e))?;
+                        addr = s.local_addr().map_err(|e| bind_err("tcp", addr, e))?;
+                        shard.tcp.push((s, settings.clone()));
+                    }
+                    here.push(Bound { transport: Transport::Tcp, address: addr });
+                }
+                Ok(here)
+            })();
+            match result {
+                Ok(b) => bound.extend(b),
+                Err(e) if optional && socket::is_family_unavailable(&e.source) => {
+                    // Drop whatever this listener did bind before failing.
+                    for shard in sockets.iter_mut() {
+                        shard.udp.retain(|s| s.local_addr().map_or(false, |a| !a.is_ipv6()));
+                        shard.tcp.retain(|(s, _)| s.local_addr().map_or(false, |a| !a.is_ipv6()));
+                    }
+                    skipped.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let engine_config = EngineConfig {
+            software: config.software.clone(),
+        };
+        let mut handles = Vec::with_capacity(shards);
+        for (i, s) in sockets.into_iter().enumerate() {
+            let metrics = metrics.clone();
+            let engine_config = engine_config.clone();
+            let stop_rx = stop_rx.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("turnd-shard-{i}"))
+                .spawn(move || run_shard(i, s, Engine::new(engine_config, metrics), stop_rx))
+                .map_err(|e| bind_err("thread", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
+            handles.push(h);
+        }
+        Ok(Server {
+            bound,
+            skipped,
+            stop,
+            shards: handles,
+        })
+    }
+
+    /// The listeners as bound.
+    pub fn bound(&self) -> &[Bound] {
+        &self.bound
+    }
+
+    /// Optional listeners that were skipped (IPv6 on a host without it).
+    pub fn skipped(&self) -> &[BindError] {
+        &self.skipped
+    }
+
+    /// Stops every shard and waits for their threads to finish.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        for h in self.shards {
+            let _ = h.join();
+        }
+    }
+}
+
+fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> BindError {
+    BindError {
+        transport,
+        address,
+        source,
+    }
+}
+
+fn run_shard(index: usize, sockets: ShardSockets, engine: Engine, stop: watch::Receiver<bool>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(shard = index, error = %e, "cannot start shard runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let engine = Rc::new(RefCell::new(engine));
+    local.block_on(&rt, async move {
+        for s in sockets.udp {
+            match tokio::net::UdpSocket::from_std(s) {
+                Ok(s) => {
+                    tokio::task::spawn_local(udp::serve(s, engine.clone(), stop.clone()));
+                }
+                Err(e) => tracing::error!(shard = index, error = %e, "cannot register UDP socket"),
+            }
+        }
+        for (l, settings) in sockets.tcp {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::task::spawn_local(tcp::serve(l, settings, engine.clone(), stop.clone()));
+                }
+                Err(e) => tracing::error!(shard = index, error = %e, "cannot register TCP listener"),
+            }
+        }
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+    });
+}

@@ -1,0 +1,48 @@
+//! Socket creation with the options a server needs, through socket2.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Kernel socket buffers we ask for; the kernel caps them at net.core.[rw]mem_max.
+const SOCKET_BUFFER: usize = 4 << 20;
+const TCP_BACKLOG: i32 = 1024;
+
+pub fn bind_udp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // [::] and 0.0.0.0 are separate listeners in our config; never let one swallow both.
+        s.set_only_v6(true)?;
+    }
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(TCP_BACKLOG)?;
+    Ok(s.into())
+}
+
+/// True for the errors a host without IPv6 gives when asked for an IPv6 socket.
+pub fn is_family_unavailable(e: &io::Error) -> bool {
+    const EAFNOSUPPORT: i32 = 97;
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(e.raw_os_error(), Some(EAFNOSUPPORT | EADDRNOTAVAIL)) || e.kind() == io::ErrorKind::AddrNotAvailable
+}
