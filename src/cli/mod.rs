@@ -79,7 +79,7 @@ fn serve(config: Config) -> ExitCode {
         tracing::warn!("skipping optional listener: {e}");
     }
     for b in server.bound() {
-        tracing::info!(transport = b.transport.as_str(), address = %b.address, "listening");
+        tracing::info!(transport = %b.transport.as_str(), address = %b.address, "listening");
     }
     tracing::info!(config = %config.source, shards = config.shard_count(), version = env!("CARGO_PKG_VERSION"), "turnd ready");
 
