@@ -1,0 +1,180 @@
+//! Test harness: run the real `turnd` binary on a temporary config and learn the ports it
+//! bound from its "listening" log lines (so tests never race for a free port).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_turnd");
+
+pub struct Turnd {
+    child: Child,
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+    pub log: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Turnd {
+    /// Starts `turnd serve` with `config` and waits until it reports ready.
+    pub fn start(config: &str) -> Turnd {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("turnd.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn turnd");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut udp, mut tcp) = (vec![], vec![]);
+        loop {
+            let line = match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("turnd did not become ready; exit: {:?}", child.try_wait());
+                }
+            };
+            if line.contains("listening") {
+                let addr: SocketAddr = field(&line, "address=").parse().unwrap();
+                match field(&line, "transport=") {
+                    "udp" => udp.push(addr),
+                    "tcp" => tcp.push(addr),
+                    t => panic!("unknown transport {t}"),
+                }
+            }
+            if line.contains("turnd ready") {
+                break;
+            }
+        }
+        Turnd { child, udp, tcp, log: rx, _dir: dir, config_path }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..100 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("turnd did not exit on SIGTERM");
+    }
+}
+
+impl Drop for Turnd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(key).unwrap_or_else(|| panic!("{key} missing in {line}")) + key.len();
+    let rest = &line[start..];
+    rest.split_whitespace().next().unwrap().trim_matches('"')
+}
+
+/// A config with one listener on 127.0.0.1 and one on [::1], both on port 0.
+pub fn loopback_config(extra: &str) -> String {
+    format!(
+        "{extra}\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"udp\", \"tcp\"]\n\n[[listen]]\naddress = \"[::1]:0\"\nprotocols = [\"udp\", \"tcp\"]\n"
+    )
+}
+
+/// A Binding request with the given transaction ID and no attributes.
+pub fn binding_request(tid: [u8; 12]) -> Vec<u8> {
+    let mut m = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    m.extend_from_slice(&tid);
+    m
+}
+
+/// A UDP socket on the loopback of `server`'s family, with a short read timeout.
+pub fn client_for(server: SocketAddr) -> UdpSocket {
+    let local: SocketAddr = if server.is_ipv6() { "[::1]:0".parse().unwrap() } else { "127.0.0.1:0".parse().unwrap() };
+    let s = UdpSocket::bind(local).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+/// The malformed datagrams every listener must drop without an answer: (name, bytes).
+pub fn malformed_table() -> Vec<(&'static str, Vec<u8>)> {
+    let tid = [0xAB; 12];
+    let good = binding_request(tid);
+    let with_len = |len: u16, body: &[u8]| {
+        let mut m = good.clone();
+        m[2..4].copy_from_slice(&len.to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let mut bad_cookie = good.clone();
+    bad_cookie[4] ^= 0xFF;
+    let mut rfc3489 = good.clone();
+    rfc3489[4..8].copy_from_slice(&[1, 2, 3, 4]);
+    let mut top_bits = good.clone();
+    top_bits[0] |= 0xC0;
+    let mut success = good.clone();
+    success[0..2].copy_from_slice(&0x0101u16.to_be_bytes());
+    let mut error = good.clone();
+    error[0..2].copy_from_slice(&0x0111u16.to_be_bytes());
+    let mut indication = good.clone();
+    indication[0..2].copy_from_slice(&0x0011u16.to_be_bytes());
+    // A valid FINGERPRINT, then variants of it.
+    let with_fp = {
+        let mut m = with_len(8, &[0x80, 0x28, 0, 4, 0, 0, 0, 0]);
+        let crc = crc32fast::hash(&m[..20]) ^ 0x5354_554E;
+        m[24..28].copy_from_slice(&crc.to_be_bytes());
+        m
+    };
+    let mut bad_fp = with_fp.clone();
+    bad_fp[27] ^= 1;
+    let mut fp_not_last = with_fp.clone();
+    fp_not_last[2..4].copy_from_slice(&16u16.to_be_bytes());
+    fp_not_last.extend_from_slice(&[0x80, 0x22, 0, 4, b't', b'e', b's', b't']);
+    vec![
+        ("empty datagram", vec![]),
+        ("one byte", vec![0x00]),
+        ("19-byte header", good[..19].to_vec()),
+        ("bad magic cookie", bad_cookie),
+        ("RFC 3489 request without cookie", rfc3489),
+        ("leading bits set", top_bits),
+        ("length not a multiple of 4", with_len(2, &[0, 0])),
+        ("length longer than datagram", with_len(8, &[0x80, 0x22, 0, 0])),
+        ("trailing bytes after length", { let mut m = good.clone(); m.extend_from_slice(&[0, 0, 0, 0]); m }),
+        ("truncated attribute header", with_len(4, &[0x80, 0x22, 0x00, 0x08])),
+        ("attribute value past the end", with_len(8, &[0x00, 0x06, 0x00, 0x09, b'a', b'b', b'c', b'd'])),
+        ("bad FINGERPRINT", bad_fp),
+        ("attribute after FINGERPRINT", fp_not_last),
+        ("FINGERPRINT of wrong size", with_len(12, &[0x80, 0x28, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0])),
+        ("success response sent to server", success),
+        ("error response sent to server", error),
+        ("indication sent to server", indication),
+        ("ChannelData on unbound channel", vec![0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]),
+        ("random garbage", (0..100u8).map(|i| i.wrapping_mul(37) | 0x80).collect()),
+        ("DTLS ClientHello prefix", vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x01, 0, 0, 0, 0, 0, 0]),
+    ]
+}
