@@ -8,7 +8,11 @@ use std::process::{Command, Output};
 use common::BIN;
 
 fn turnd(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env_remove("TURND_CONFIG").output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env_remove("TURND_CONFIG")
+        .output()
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -24,7 +28,12 @@ fn version_and_help_on_every_subcommand() {
     let v = turnd(&["--version"]);
     assert!(v.status.success());
     assert_eq!(stdout(&v).trim(), format!("turnd {}", env!("CARGO_PKG_VERSION")));
-    for args in [&["--help"][..], &["serve", "--help"], &["check-config", "--help"], &["help", "serve"]] {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["check-config", "--help"],
+        &["help", "serve"],
+    ] {
         let o = turnd(args);
         assert!(o.status.success(), "{args:?}");
         assert!(stdout(&o).contains("Usage:"), "{args:?}: {}", stdout(&o));
@@ -84,14 +93,34 @@ fn bad_configs_report_path_line_col_and_exit_1() {
     let listen = "[[listen]]\naddress = \"127.0.0.1:3478\"\n";
     let cases: &[(String, usize, &str)] = &[
         (format!("{listen}colour = \"blue\"\n"), 3, "unknown field `colour`"),
-        ("[[listen]]\naddress = \"not-an-address\"\n".into(), 2, "invalid listen address"),
-        ("[[listen]]\naddress = \"127.0.0.1:70000\"\n".into(), 2, "port 70000 is out of range"),
-        ("[[listen]]\naddress = \":::3478\"\n".into(), 2, "IPv6 addresses need brackets"),
+        (
+            "[[listen]]\naddress = \"not-an-address\"\n".into(),
+            2,
+            "invalid listen address",
+        ),
+        (
+            "[[listen]]\naddress = \"127.0.0.1:70000\"\n".into(),
+            2,
+            "port 70000 is out of range",
+        ),
+        (
+            "[[listen]]\naddress = \":::3478\"\n".into(),
+            2,
+            "IPv6 addresses need brackets",
+        ),
         ("threads = 1\nlisten = []\n".into(), 2, "listen is empty"),
-        (format!("{listen}protocols = [\"udp\", \"sctp\"]\n"), 3, "unknown variant `sctp`"),
+        (
+            format!("{listen}protocols = [\"udp\", \"sctp\"]\n"),
+            3,
+            "unknown variant `sctp`",
+        ),
         (format!("{listen}protocols = []\n"), 3, "protocols is empty"),
         (format!("{listen}idle_timeout = \"soon\"\n"), 3, "invalid duration"),
-        (format!("{listen}max_connections = 0\n"), 3, "max_connections must be between"),
+        (
+            format!("{listen}max_connections = 0\n"),
+            3,
+            "max_connections must be between",
+        ),
         ("threads = -1\n".into(), 1, "threads must be between"),
         ("[log]\nformat = \"xml\"\n".into(), 2, "unknown variant `xml`"),
         ("[log]\nlevel = \"=\"\n".into(), 2, "invalid log level"),
@@ -116,7 +145,11 @@ fn column_points_at_the_offending_value() {
 fn missing_config_file_is_a_clear_error() {
     let o = turnd(&["check-config", "--config", "/nonexistent/turnd.toml"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("/nonexistent/turnd.toml: cannot read config file"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/turnd.toml: cannot read config file"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -124,9 +157,17 @@ fn lookup_uses_turnd_config_then_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("env.toml");
     std::fs::write(&path, "threads = 3\n[[listen]]\naddress = \"127.0.0.1:3999\"\n").unwrap();
-    let o = Command::new(BIN).arg("check-config").env("TURND_CONFIG", &path).output().unwrap();
+    let o = Command::new(BIN)
+        .arg("check-config")
+        .env("TURND_CONFIG", &path)
+        .output()
+        .unwrap();
     assert!(o.status.success());
-    assert!(stdout(&o).contains("threads = 3") && stdout(&o).contains("127.0.0.1:3999"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("threads = 3") && stdout(&o).contains("127.0.0.1:3999"),
+        "{}",
+        stdout(&o)
+    );
 
     // --config wins over $TURND_CONFIG.
     let other = dir.path().join("flag.toml");
@@ -143,7 +184,10 @@ fn lookup_uses_turnd_config_then_embedded_defaults() {
         let o = turnd(&["check-config"]);
         assert!(o.status.success());
         let out = stdout(&o);
-        assert!(out.contains("<embedded>") && out.contains("0.0.0.0:3478") && out.contains("[::]:3478"), "{out}");
+        assert!(
+            out.contains("<embedded>") && out.contains("0.0.0.0:3478") && out.contains("[::]:3478"),
+            "{out}"
+        );
     }
 }
 
@@ -153,8 +197,16 @@ fn a_port_in_use_is_a_clear_start_error() {
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    std::fs::write(&path, format!("threads = 1\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nprotocols = [\"udp\"]\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("threads = 1\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nprotocols = [\"udp\"]\n"),
+    )
+    .unwrap();
     let o = turnd(&["serve", "--config", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains(&format!("cannot listen on udp 127.0.0.1:{port}")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("cannot listen on udp 127.0.0.1:{port}")),
+        "{}",
+        stderr(&o)
+    );
 }

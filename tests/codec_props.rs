@@ -14,7 +14,12 @@ use turnd::proto::{
 use turnd::server::{Engine, EngineConfig, FiveTuple, Transport};
 
 fn class() -> impl Strategy<Value = Class> {
-    prop_oneof![Just(Class::Request), Just(Class::Indication), Just(Class::Success), Just(Class::Error)]
+    prop_oneof![
+        Just(Class::Request),
+        Just(Class::Indication),
+        Just(Class::Success),
+        Just(Class::Error)
+    ]
 }
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
@@ -29,8 +34,12 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 fn plain_attr_type() -> impl Strategy<Value = AttrType> {
     any::<u16>()
         .prop_filter("not an integrity attribute", |t| {
-            ![AttrType::MESSAGE_INTEGRITY, AttrType::MESSAGE_INTEGRITY_SHA256, AttrType::FINGERPRINT]
-                .contains(&AttrType(*t))
+            ![
+                AttrType::MESSAGE_INTEGRITY,
+                AttrType::MESSAGE_INTEGRITY_SHA256,
+                AttrType::FINGERPRINT,
+            ]
+            .contains(&AttrType(*t))
         })
         .prop_map(AttrType)
 }

@@ -15,7 +15,11 @@ use turnd::server::Transport;
 
 #[test]
 fn every_malformed_datagram_is_counted_by_reason() {
-    let config = Config::parse("threads = 1\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"udp\"]\n", Source::Embedded).unwrap();
+    let config = Config::parse(
+        "threads = 1\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"udp\"]\n",
+        Source::Embedded,
+    )
+    .unwrap();
     let metrics = Arc::new(Metrics::new());
     let server = Server::start(&config, metrics.clone()).unwrap();
     let addr = server.bound()[0].address;
@@ -39,7 +43,13 @@ fn every_malformed_datagram_is_counted_by_reason() {
     assert_eq!(metrics.binding_requests(Transport::Udp), 1);
 
     let text = metrics.encode();
-    assert!(text.contains("turnd_dropped_packets_total{reason=\"bad_fingerprint\"} 1"), "{text}");
-    assert!(text.contains("turnd_stun_binding_requests_total{transport=\"udp\"} 1"), "{text}");
+    assert!(
+        text.contains("turnd_dropped_packets_total{reason=\"bad_fingerprint\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("turnd_stun_binding_requests_total{transport=\"udp\"} 1"),
+        "{text}"
+    );
     server.stop();
 }

@@ -49,7 +49,9 @@ const LONG_TERM_REQUEST: [u8; 116] = [
 const SHORT_TERM_PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
 
 fn text(m: &Message<'_>, t: AttrType) -> String {
-    decode_text(m.get(t).expect("attribute present").value, 763).unwrap().to_string()
+    decode_text(m.get(t).expect("attribute present").value, 763)
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -62,7 +64,10 @@ fn sample_request() {
     assert_eq!(text(&m, AttrType::SOFTWARE), "STUN test client");
     assert_eq!(text(&m, AttrType::USERNAME), "evtj:h6vY");
     assert_eq!(decode_u32(m.get(AttrType::PRIORITY).unwrap().value), Ok(0x6e0001ff));
-    assert_eq!(m.get(AttrType::ICE_CONTROLLED).unwrap().value, [0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36]);
+    assert_eq!(
+        m.get(AttrType::ICE_CONTROLLED).unwrap().value,
+        [0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36]
+    );
 }
 
 fn check_response(bytes: &[u8], mapped: &str) {
@@ -91,7 +96,10 @@ fn long_term_request() {
     let m = Message::parse(&LONG_TERM_REQUEST).unwrap();
     assert_eq!((m.method(), m.class()), (Method::BINDING, Class::Request));
     assert!(!m.has_fingerprint(), "this vector carries no FINGERPRINT");
-    assert_eq!(text(&m, AttrType::USERNAME), "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}");
+    assert_eq!(
+        text(&m, AttrType::USERNAME),
+        "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}"
+    );
     assert_eq!(text(&m, AttrType::NONCE), "f//499k954d6OL34oL9FSTvy64sA");
     assert_eq!(text(&m, AttrType::REALM), "example.org");
     // The RFC's password "The\u{AD}M\u{AA}tr\u{2168}" after SASLprep is "TheMatrIX".
@@ -109,7 +117,10 @@ fn every_single_bit_flip_is_caught() {
         let mut b = SAMPLE_REQUEST;
         b[i / 8] ^= 1 << (i % 8);
         if let Ok(m) = Message::parse(&b) {
-            assert!(!m.has_fingerprint() || !m.verify_integrity(SHORT_TERM_PASSWORD.as_bytes()), "bit {i}");
+            assert!(
+                !m.has_fingerprint() || !m.verify_integrity(SHORT_TERM_PASSWORD.as_bytes()),
+                "bit {i}"
+            );
         }
     }
 }

@@ -25,8 +25,10 @@ fn v6(addrs: &[SocketAddr]) -> SocketAddr {
 fn webrtc_binding(server: SocketAddr, fingerprint: bool) {
     let sock = client_for(server);
     let mut req = stun::message::Message::new();
-    let mut setters: Vec<Box<dyn Setter>> =
-        vec![Box::new(stun::agent::TransactionId::new()), Box::new(stun::message::BINDING_REQUEST)];
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(stun::agent::TransactionId::new()),
+        Box::new(stun::message::BINDING_REQUEST),
+    ];
     if fingerprint {
         setters.push(Box::new(stun::fingerprint::FINGERPRINT));
     }
@@ -42,12 +44,23 @@ fn webrtc_binding(server: SocketAddr, fingerprint: bool) {
     assert_eq!(resp.transaction_id, req.transaction_id);
     let mut xma = stun::xoraddr::XorMappedAddress::default();
     xma.get_from(&resp).unwrap();
-    assert_eq!(SocketAddr::new(xma.ip, xma.port), sock.local_addr().unwrap(), "reflexive address");
-    assert_eq!(resp.contains(stun::attributes::ATTR_FINGERPRINT), fingerprint, "FINGERPRINT only when asked");
+    assert_eq!(
+        SocketAddr::new(xma.ip, xma.port),
+        sock.local_addr().unwrap(),
+        "reflexive address"
+    );
+    assert_eq!(
+        resp.contains(stun::attributes::ATTR_FINGERPRINT),
+        fingerprint,
+        "FINGERPRINT only when asked"
+    );
     if fingerprint {
         stun::fingerprint::FINGERPRINT.check(&resp).unwrap();
     }
-    assert!(!resp.contains(stun::attributes::ATTR_SOFTWARE), "no SOFTWARE unless configured");
+    assert!(
+        !resp.contains(stun::attributes::ATTR_SOFTWARE),
+        "no SOFTWARE unless configured"
+    );
 }
 
 #[test]
@@ -153,7 +166,9 @@ fn malformed_datagrams_are_never_answered() {
             let tid = [i as u8; 12];
             sock.send_to(&binding_request(tid), server).unwrap();
             let mut buf = [0u8; 1500];
-            let n = sock.recv(&mut buf).unwrap_or_else(|e| panic!("{name}: good request unanswered: {e}"));
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("{name}: good request unanswered: {e}"));
             let m = Message::parse(&buf[..n]).unwrap();
             assert_eq!(m.transaction_id().0, tid, "{name} was answered");
         }
@@ -216,7 +231,10 @@ fn idle_tcp_connections_are_closed() {
     let mut b = [0u8; 8];
     assert_eq!(s.read(&mut b).unwrap_or(0), 0);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
 }
 
 #[test]

@@ -12,7 +12,13 @@ use crate::net::Server;
 
 /// turnd: a STUN/TURN server.
 #[derive(Debug, Parser)]
-#[command(name = "turnd", version, about, propagate_version = true, arg_required_else_help = true)]
+#[command(
+    name = "turnd",
+    version,
+    about,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// Config file. Without it: $TURND_CONFIG, then /etc/turnd/turnd.toml, then the embedded defaults.
     #[arg(long, global = true, value_name = "PATH")]

@@ -185,10 +185,12 @@ impl Config {
             None => 0,
             Some(t) => {
                 let v = *t.get_ref();
-                usize::try_from(v)
-                    .ok()
-                    .filter(|&n| n <= MAX_THREADS)
-                    .ok_or_else(|| cx.err(t.span(), format!("threads must be between 0 and {MAX_THREADS}, got {v}")))?
+                usize::try_from(v).ok().filter(|&n| n <= MAX_THREADS).ok_or_else(|| {
+                    cx.err(
+                        t.span(),
+                        format!("threads must be between 0 and {MAX_THREADS}, got {v}"),
+                    )
+                })?
             }
         };
 
@@ -214,9 +216,10 @@ impl Config {
                 let mut out: Vec<Listener> = Vec::with_capacity(items.len());
                 for item in items {
                     let listener = validate_listener(&cx, item)?;
-                    if let Some(dup) = out.iter().find(|o| {
-                        o.address == listener.address && ((o.udp && listener.udp) || (o.tcp && listener.tcp))
-                    }) {
+                    if let Some(dup) = out
+                        .iter()
+                        .find(|o| o.address == listener.address && ((o.udp && listener.udp) || (o.tcp && listener.tcp)))
+                    {
                         return Err(cx.err(span.clone(), format!("listener {} appears twice", dup.address)));
                     }
                     out.push(listener);
@@ -277,7 +280,11 @@ impl Config {
     /// Applies the lookup order: `explicit` (the `--config` flag), then `$TURND_CONFIG`, then
     /// `/etc/turnd/turnd.toml`, then the embedded defaults.
     pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::discover_with(explicit, std::env::var_os("TURND_CONFIG").map(PathBuf::from), Path::new(SYSTEM_PATH))
+        Self::discover_with(
+            explicit,
+            std::env::var_os("TURND_CONFIG").map(PathBuf::from),
+            Path::new(SYSTEM_PATH),
+        )
     }
 
     /// [`Config::discover`] with the environment and system path passed in (for tests).
@@ -362,7 +369,10 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
             }
             _ => "expected IP:PORT, e.g. \"0.0.0.0:3478\" or \"[::]:3478\"".to_string(),
         };
-        cx.err(raw.address.span(), format!("invalid listen address {addr_text:?}: {hint}"))
+        cx.err(
+            raw.address.span(),
+            format!("invalid listen address {addr_text:?}: {hint}"),
+        )
     })?;
     let (udp, tcp) = match raw.protocols {
         None => (true, true),
@@ -370,7 +380,10 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
             if p.get_ref().is_empty() {
                 return Err(cx.err(p.span(), "protocols is empty: use \"udp\", \"tcp\" or both"));
             }
-            (p.get_ref().contains(&Protocol::Udp), p.get_ref().contains(&Protocol::Tcp))
+            (
+                p.get_ref().contains(&Protocol::Udp),
+                p.get_ref().contains(&Protocol::Tcp),
+            )
         }
     };
     let max_connections = match raw.max_connections {
@@ -380,7 +393,12 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
             usize::try_from(v)
                 .ok()
                 .filter(|&n| (1..=1_000_000).contains(&n))
-                .ok_or_else(|| cx.err(m.span(), format!("max_connections must be between 1 and 1000000, got {v}")))?
+                .ok_or_else(|| {
+                    cx.err(
+                        m.span(),
+                        format!("max_connections must be between 1 and 1000000, got {v}"),
+                    )
+                })?
         }
     };
     let idle_timeout = match raw.idle_timeout {

@@ -66,13 +66,19 @@ impl Server {
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Server, BindError> {
         let shards = config.shard_count();
         let reuse_port = shards > 1;
-        let mut sockets: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets { udp: vec![], tcp: vec![] }).collect();
+        let mut sockets: Vec<ShardSockets> = (0..shards)
+            .map(|_| ShardSockets {
+                udp: vec![],
+                tcp: vec![],
+            })
+            .collect();
         let mut bound = Vec::new();
         let mut skipped = Vec::new();
 
         for l in &config.listen {
             // The embedded default listens on [::] too; a host without IPv6 still starts.
             let optional = config.source == Source::Embedded && l.address.is_ipv6();
+            let marks: Vec<(usize, usize)> = sockets.iter().map(|s| (s.udp.len(), s.tcp.len())).collect();
             let result = (|| -> Result<Vec<Bound>, BindError> {
                 let mut here = Vec::new();
                 if l.udp {
@@ -82,7 +88,10 @@ impl Server {
                         addr = s.local_addr().map_err(|e| bind_err("udp", addr, e))?;
                         shard.udp.push(s);
                     }
-                    here.push(Bound { transport: Transport::Udp, address: addr });
+                    here.push(Bound {
+                        transport: Transport::Udp,
+                        address: addr,
+                    });
                 }
                 if l.tcp {
                     let settings = TcpSettings {
@@ -95,17 +104,20 @@ impl Server {
                         addr = s.local_addr().map_err(|e| bind_err("tcp", addr, e))?;
                         shard.tcp.push((s, settings.clone()));
                     }
-                    here.push(Bound { transport: Transport::Tcp, address: addr });
+                    here.push(Bound {
+                        transport: Transport::Tcp,
+                        address: addr,
+                    });
                 }
                 Ok(here)
             })();
             match result {
                 Ok(b) => bound.extend(b),
                 Err(e) if optional && socket::is_family_unavailable(&e.source) => {
-                    // Drop whatever this listener did bind before failing.
-                    for shard in sockets.iter_mut() {
-                        shard.udp.retain(|s| s.local_addr().map_or(false, |a| !a.is_ipv6()));
-                        shard.tcp.retain(|(s, _)| s.local_addr().map_or(false, |a| !a.is_ipv6()));
+                    // Close whatever this listener bound before failing.
+                    for (shard, (u, t)) in sockets.iter_mut().zip(&marks) {
+                        shard.udp.truncate(*u);
+                        shard.tcp.truncate(*t);
                     }
                     skipped.push(e);
                 }

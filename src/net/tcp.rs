@@ -22,7 +22,12 @@ const REPLY_BUFFER: usize = 2048;
 /// Pause after an accept error such as EMFILE, so that the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub async fn serve(listener: TcpListener, settings: TcpSettings, engine: Rc<RefCell<Engine>>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    settings: TcpSettings,
+    engine: Rc<RefCell<Engine>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let Ok(local) = listener.local_addr() else { return };
     loop {
         let accepted = tokio::select! {
@@ -38,7 +43,14 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, engine: Rc<RefC
                         client: peer,
                         server: local,
                     };
-                    tokio::task::spawn_local(connection(stream, tuple, settings.idle_timeout, engine.clone(), permit, stop.clone()));
+                    tokio::task::spawn_local(connection(
+                        stream,
+                        tuple,
+                        settings.idle_timeout,
+                        engine.clone(),
+                        permit,
+                        stop.clone(),
+                    ));
                 }
                 Err(_) => {
                     engine.borrow().metrics().connection_refused();

@@ -104,7 +104,10 @@ mod tests {
     fn garbage_is_rejected_early() {
         assert_eq!(next_frame(b"\xff\xfe garbage"), Err(FrameError::UnknownProtocol));
         // A TLS ClientHello starts 0x16 0x03: STUN-shaped, but the cookie gives it away.
-        assert_eq!(next_frame(&[0x16, 0x03, 0x01, 0x00, 0x10, 0x01, 0, 0]), Err(FrameError::BadMagicCookie));
+        assert_eq!(
+            next_frame(&[0x16, 0x03, 0x01, 0x00, 0x10, 0x01, 0, 0]),
+            Err(FrameError::BadMagicCookie)
+        );
         assert_eq!(next_frame(&[0, 1, 0, 0, 1, 2, 3, 4]), Err(FrameError::BadMagicCookie));
         assert_eq!(next_frame(&[0, 1, 0, 3]), Err(FrameError::UnalignedLength));
         assert_eq!(next_frame(&[0x50, 0, 0, 0]), Err(FrameError::BadChannel));

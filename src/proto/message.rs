@@ -164,9 +164,7 @@ impl<'a> Message<'a> {
         let mut off = HEADER_LEN;
         let mut counted_end: Option<usize> = None;
         while off < buf.len() {
-            let h = buf
-                .get(off..off + 4)
-                .ok_or(ParseError::TruncatedAttribute)?;
+            let h = buf.get(off..off + 4).ok_or(ParseError::TruncatedAttribute)?;
             if msg.fingerprint.is_some() {
                 return Err(ParseError::BadFingerprintPlacement);
             }
@@ -276,9 +274,7 @@ impl<'a> Message<'a> {
 /// Cheap test for whether a packet could be STUN rather than ChannelData or other traffic
 /// (RFC 7983 demultiplexing: the first two bits are zero and the cookie matches).
 pub fn looks_like_stun(buf: &[u8]) -> bool {
-    buf.len() >= HEADER_LEN
-        && buf[0] & 0xC0 == 0
-        && buf[4..8] == MAGIC_COOKIE.to_be_bytes()
+    buf.len() >= HEADER_LEN && buf[0] & 0xC0 == 0 && buf[4..8] == MAGIC_COOKIE.to_be_bytes()
 }
 
 #[cfg(test)]

@@ -40,7 +40,11 @@ impl<'b> MessageWriter<'b> {
         head[2..4].copy_from_slice(&[0, 0]);
         head[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
         head[8..20].copy_from_slice(&tid.0);
-        Ok(MessageWriter { buf, len: HEADER_LEN, tid })
+        Ok(MessageWriter {
+            buf,
+            len: HEADER_LEN,
+            tid,
+        })
     }
 
     fn set_length(&mut self) {

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::proto::{
-    AttrType, Class, ErrorCode, Message, MessageType, Method, MessageWriter, ParseError,
-};
+use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
 
 /// The client-side transport a packet arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,7 +117,9 @@ impl Engine {
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
         let mut n_unknown = 0;
         for a in msg.attributes() {
-            if a.typ.is_comprehension_required() && !KNOWN_REQUIRED.contains(&a.typ) && n_unknown < MAX_UNKNOWN_LISTED
+            if a.typ.is_comprehension_required()
+                && !KNOWN_REQUIRED.contains(&a.typ)
+                && n_unknown < MAX_UNKNOWN_LISTED
                 && !unknown[..n_unknown].contains(&a.typ)
             {
                 unknown[n_unknown] = a.typ;
@@ -138,7 +138,9 @@ impl Engine {
 
     fn binding(&mut self, msg: &Message<'_>, tuple: &FiveTuple, out: &mut [u8]) -> Option<usize> {
         let typ = MessageType::new(Method::BINDING, Class::Success);
-        let len = self.respond(msg, typ, out, |w| w.xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client))?;
+        let len = self.respond(msg, typ, out, |w| {
+            w.xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client)
+        })?;
         self.metrics.binding_request(tuple.transport);
         Some(len)
     }

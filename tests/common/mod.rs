@@ -65,7 +65,14 @@ impl Turnd {
                 break;
             }
         }
-        Turnd { child, udp, tcp, log: rx, _dir: dir, config_path }
+        Turnd {
+            child,
+            udp,
+            tcp,
+            log: rx,
+            _dir: dir,
+            config_path,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -74,7 +81,10 @@ impl Turnd {
 
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         for _ in 0..100 {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;
@@ -115,7 +125,11 @@ pub fn binding_request(tid: [u8; 12]) -> Vec<u8> {
 
 /// A UDP socket on the loopback of `server`'s family, with a short read timeout.
 pub fn client_for(server: SocketAddr) -> UdpSocket {
-    let local: SocketAddr = if server.is_ipv6() { "[::1]:0".parse().unwrap() } else { "127.0.0.1:0".parse().unwrap() };
+    let local: SocketAddr = if server.is_ipv6() {
+        "[::1]:0".parse().unwrap()
+    } else {
+        "127.0.0.1:0".parse().unwrap()
+    };
     let s = UdpSocket::bind(local).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s
@@ -164,17 +178,38 @@ pub fn malformed_table() -> Vec<(&'static str, Vec<u8>)> {
         ("leading bits set", top_bits),
         ("length not a multiple of 4", with_len(2, &[0, 0])),
         ("length longer than datagram", with_len(8, &[0x80, 0x22, 0, 0])),
-        ("trailing bytes after length", { let mut m = good.clone(); m.extend_from_slice(&[0, 0, 0, 0]); m }),
+        ("trailing bytes after length", {
+            let mut m = good.clone();
+            m.extend_from_slice(&[0, 0, 0, 0]);
+            m
+        }),
         ("truncated attribute header", with_len(4, &[0x80, 0x22, 0x00, 0x08])),
-        ("attribute value past the end", with_len(8, &[0x00, 0x06, 0x00, 0x09, b'a', b'b', b'c', b'd'])),
+        (
+            "attribute value past the end",
+            with_len(8, &[0x00, 0x06, 0x00, 0x09, b'a', b'b', b'c', b'd']),
+        ),
         ("bad FINGERPRINT", bad_fp),
         ("attribute after FINGERPRINT", fp_not_last),
-        ("FINGERPRINT of wrong size", with_len(12, &[0x80, 0x28, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0])),
+        (
+            "FINGERPRINT of wrong size",
+            with_len(12, &[0x80, 0x28, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ),
         ("success response sent to server", success),
         ("error response sent to server", error),
         ("indication sent to server", indication),
-        ("ChannelData on unbound channel", vec![0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4]),
-        ("random garbage", (0..100u8).map(|i| i.wrapping_mul(37) | 0x80).collect()),
-        ("DTLS ClientHello prefix", vec![0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x01, 0, 0, 0, 0, 0, 0]),
+        (
+            "ChannelData on unbound channel",
+            vec![0x40, 0x00, 0x00, 0x04, 1, 2, 3, 4],
+        ),
+        (
+            "random garbage",
+            (0..100u8).map(|i| i.wrapping_mul(37) | 0x80).collect(),
+        ),
+        (
+            "DTLS ClientHello prefix",
+            vec![
+                0x16, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x01, 0, 0, 0, 0, 0, 0,
+            ],
+        ),
     ]
 }
