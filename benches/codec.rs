@@ -10,7 +10,8 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use turnd::metrics::Metrics;
 use turnd::proto::{AttrType, Class, Message, MessageType, MessageWriter, Method, TransactionId};
-use turnd::server::{Engine, EngineConfig, FiveTuple, Transport};
+use turnd::server::memory::MemoryRelay;
+use turnd::server::{Engine, EngineConfig, FiveTuple, Shared, Transport, WallClock};
 
 /// A Binding request as browsers send it to a STUN server: header only.
 fn bare_request() -> Vec<u8> {
@@ -68,7 +69,13 @@ fn codec(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
-    let mut engine = Engine::new(EngineConfig::default(), Arc::new(Metrics::new()));
+    let shared = Arc::new(Shared::stun_only(Arc::new(Metrics::new())));
+    let mut engine = Engine::new(
+        Arc::new(EngineConfig::default()),
+        shared,
+        MemoryRelay::default(),
+        WallClock::now(),
+    );
     let tuple = FiveTuple {
         transport: Transport::Udp,
         client,
@@ -76,11 +83,21 @@ fn codec(c: &mut Criterion) {
     };
     let now = Instant::now();
     g.bench_function("binding_request_to_response", |b| {
-        b.iter(|| engine.handle_client(now, &tuple, black_box(&bare), &mut out))
+        b.iter(|| {
+            matches!(
+                engine.handle_client(now, &tuple, black_box(&bare), &mut out),
+                turnd::server::Output::Reply(_)
+            )
+        })
     });
     g.bench_function("malformed_drop", |b| {
         let garbage = [0xFFu8; 64];
-        b.iter(|| engine.handle_client(now, &tuple, black_box(&garbage), &mut out))
+        b.iter(|| {
+            matches!(
+                engine.handle_client(now, &tuple, black_box(&garbage), &mut out),
+                turnd::server::Output::None
+            )
+        })
     });
     g.finish();
 }

@@ -5,6 +5,7 @@
 //! sockets and clocks. See DESIGN.md in the shared docs for the shape.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod metrics;

@@ -11,7 +11,8 @@ use turnd::proto::attr::decode_xor_address;
 use turnd::proto::{
     framing, AttrType, ChannelData, ChannelNumber, Class, Message, MessageType, MessageWriter, Method, TransactionId,
 };
-use turnd::server::{Engine, EngineConfig, FiveTuple, Transport};
+use turnd::server::memory::MemoryRelay;
+use turnd::server::{Engine, EngineConfig, FiveTuple, Output, Shared, Transport, WallClock};
 
 fn class() -> impl Strategy<Value = Class> {
     prop_oneof![
@@ -149,10 +150,12 @@ proptest! {
         p.extend_from_slice(&0x2112_A442u32.to_be_bytes());
         p.extend_from_slice(&[9; 12]);
         p.extend_from_slice(&body);
-        let mut engine = Engine::new(EngineConfig { software: Some("x".into()) }, Arc::new(Metrics::new()));
+        let config = EngineConfig { software: Some("x".into()), ..EngineConfig::default() };
+        let shared = Arc::new(Shared::stun_only(Arc::new(Metrics::new())));
+        let mut engine = Engine::new(Arc::new(config), shared, MemoryRelay::default(), WallClock::now());
         let tuple = FiveTuple { transport: Transport::Udp, client: "192.0.2.1:5000".parse().unwrap(), server: "192.0.2.2:3478".parse().unwrap() };
         let mut out = [0u8; 1500];
-        if let Some(n) = engine.handle_client(Instant::now(), &tuple, &p, &mut out) {
+        if let Output::Reply(n) = engine.handle_client(Instant::now(), &tuple, &p, &mut out) {
             // Whatever is answered is itself a well-formed response to this transaction.
             let r = Message::parse(&out[..n]).unwrap();
             prop_assert!(matches!(r.class(), Class::Success | Class::Error));

@@ -11,7 +11,7 @@ use common::{binding_request, malformed_table};
 use turnd::config::{Config, Source};
 use turnd::metrics::{DropReason, Metrics};
 use turnd::net::Server;
-use turnd::server::Transport;
+use turnd::server::{Shared, Transport};
 
 #[test]
 fn every_malformed_datagram_is_counted_by_reason() {
@@ -21,7 +21,7 @@ fn every_malformed_datagram_is_counted_by_reason() {
     )
     .unwrap();
     let metrics = Arc::new(Metrics::new());
-    let server = Server::start(&config, metrics.clone()).unwrap();
+    let server = Server::start(&config, Arc::new(Shared::stun_only(metrics.clone()))).unwrap();
     let addr = server.bound()[0].address;
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -39,7 +39,7 @@ fn every_malformed_datagram_is_counted_by_reason() {
     assert_eq!(total, table.len() as u64, "each malformed datagram counted once");
     assert_eq!(metrics.dropped_packets(DropReason::bad_fingerprint), 1);
     assert_eq!(metrics.dropped_packets(DropReason::unexpected_class), 3);
-    assert_eq!(metrics.dropped_packets(DropReason::channel_unbound), 1);
+    assert_eq!(metrics.dropped_packets(DropReason::no_allocation), 1);
     assert_eq!(metrics.binding_requests(Transport::Udp), 1);
 
     let text = metrics.encode();

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::auth::{CredentialSource, NonceKey};
 use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
 use crate::net::Server;
+use crate::server::Shared;
 
 /// turnd: a STUN/TURN server.
 #[derive(Debug, Parser)]
@@ -73,7 +75,17 @@ fn init_logging(config: &Config) {
 fn serve(config: Config) -> ExitCode {
     init_logging(&config);
     let metrics = Arc::new(Metrics::new());
-    let server = match Server::start(&config, metrics) {
+    let nonce_key = match NonceKey::random() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("turnd: cannot read the OS random number generator: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let credentials = config.credentials();
+    let relaying = credentials.is_configured();
+    let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key, metrics));
+    let server = match Server::start(&config, shared) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
@@ -86,6 +98,19 @@ fn serve(config: Config) -> ExitCode {
     }
     for b in server.bound() {
         tracing::info!(transport = %b.transport.as_str(), address = %b.address, "listening");
+    }
+    if relaying {
+        tracing::info!(
+            realm = %config.realm,
+            users = config.auth.users.len(),
+            rest_secrets = config.auth.secrets.len(),
+            relay_ports = %config.relay.ports,
+            "TURN relaying enabled"
+        );
+    } else {
+        tracing::warn!(
+            "no credentials configured ([[auth.users]] or auth.secrets): serving STUN only, every Allocate is refused"
+        );
     }
     tracing::info!(config = %config.source, shards = config.shard_count(), version = env!("CARGO_PKG_VERSION"), "turnd ready");
 

@@ -5,13 +5,17 @@
 mod duration;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use crate::auth::{Credentials, RestSecrets, StaticUsers};
+use crate::server::{EngineConfig, PeerPolicy, PortRange};
 
 pub use duration::{format_duration, parse_duration};
 
@@ -97,6 +101,53 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// Validated `[relay]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Where relay sockets bind, at most one per family.
+    pub addresses: Vec<IpAddr>,
+    /// Advertised instead of the bound address (1:1 NAT), at most one per family.
+    pub external: Vec<IpAddr>,
+    pub ports: PortRange,
+    pub max_lifetime: Duration,
+    pub max_allocations: u32,
+    pub max_allocations_per_user: u32,
+    /// Accept RFC 5766's channel numbers 0x5000..=0x7FFE as well as RFC 8656's.
+    pub legacy_channel_numbers: bool,
+}
+
+/// A user from `[[auth.users]]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InlineUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl fmt::Debug for InlineUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InlineUser({:?})", self.name)
+    }
+}
+
+/// Validated `[auth]` settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// TURN REST API secrets; the first mints, all verify.
+    pub secrets: Vec<String>,
+    pub users: Vec<InlineUser>,
+    pub nonce_lifetime: Duration,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secrets", &self.secrets.len())
+            .field("users", &self.users)
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .finish()
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -105,9 +156,23 @@ pub struct Config {
     pub threads: usize,
     /// SOFTWARE attribute value, omitted when `None`.
     pub software: Option<String>,
+    pub realm: String,
     pub listen: Vec<Listener>,
+    pub relay: RelayConfig,
+    pub auth: AuthConfig,
+    /// `peers.allow`: exceptions to the built-in deny list.
+    pub peers_allow: Vec<IpNet>,
     pub log: LogConfig,
 }
+
+const DEFAULT_REALM: &str = "turnd";
+const DEFAULT_RELAY_ADDRESSES: [&str; 2] = ["0.0.0.0", "::"];
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
+const DEFAULT_MAX_ALLOCATIONS: u32 = 100_000;
+const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 100;
+/// Longest user name, as `turnd user` will enforce too.
+pub const MAX_USER_NAME: usize = 256;
 
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 const DEFAULT_IDLE_TIMEOUT: &str = "60s";
@@ -120,9 +185,61 @@ struct RawConfig {
     #[serde(default)]
     software: Option<Spanned<String>>,
     #[serde(default)]
+    realm: Option<Spanned<String>>,
+    #[serde(default)]
     listen: Option<Spanned<Vec<RawListen>>>,
     #[serde(default)]
+    relay: Option<RawRelay>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    peers: Option<RawPeers>,
+    #[serde(default)]
     log: Option<RawLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default)]
+    addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    external: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    ports: Option<Spanned<String>>,
+    #[serde(default)]
+    max_lifetime: Option<Spanned<String>>,
+    #[serde(default)]
+    max_allocations: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_allocations_per_user: Option<Spanned<i64>>,
+    #[serde(default)]
+    legacy_channel_numbers: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    secrets: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    users: Option<Vec<RawUser>>,
+    #[serde(default)]
+    nonce_lifetime: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    password: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPeers {
+    #[serde(default)]
+    allow: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -249,13 +366,76 @@ impl Config {
             }
         };
 
+        let realm = match raw.realm {
+            None => DEFAULT_REALM.to_string(),
+            Some(r) => {
+                let v = r.get_ref();
+                if v.is_empty() || v.chars().count() > 127 || v.chars().any(char::is_control) {
+                    return Err(cx.err(r.span(), "realm must be 1 to 127 printable characters"));
+                }
+                v.clone()
+            }
+        };
+        let relay = validate_relay(&cx, raw.relay.unwrap_or_default())?;
+        let auth = validate_auth(&cx, raw.auth.unwrap_or_default())?;
+        let mut peers_allow = Vec::new();
+        for item in raw.peers.unwrap_or_default().allow.unwrap_or_default() {
+            let v = item.get_ref();
+            let net = v
+                .parse::<IpNet>()
+                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    cx.err(
+                        item.span(),
+                        format!("invalid CIDR {v:?} in peers.allow: expected e.g. \"127.0.0.0/8\" or \"::1\""),
+                    )
+                })?;
+            peers_allow.push(net.trunc());
+        }
+
         Ok(Config {
             source,
             threads,
             software,
+            realm,
             listen,
+            relay,
+            auth,
+            peers_allow,
             log,
         })
+    }
+
+    /// What the engine needs from this config.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            software: self.software.clone(),
+            realm: self.realm.clone(),
+            relay_addresses: self.relay.addresses.clone(),
+            relay_external: self.relay.external.clone(),
+            relay_ports: self.relay.ports,
+            max_lifetime: self.relay.max_lifetime,
+            nonce_lifetime: self.auth.nonce_lifetime,
+            max_allocations_per_user: self.relay.max_allocations_per_user,
+            max_allocations: self.relay.max_allocations,
+            peers: PeerPolicy::new(self.peers_allow.clone()),
+            max_channel: if self.relay.legacy_channel_numbers {
+                crate::proto::ChannelNumber::RFC5766_MAX
+            } else {
+                crate::proto::ChannelNumber::RFC8656_MAX
+            },
+        }
+    }
+
+    /// The credential sources this config names.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            users: StaticUsers::new(
+                &self.realm,
+                self.auth.users.iter().map(|u| (u.name.clone(), u.password.clone())),
+            ),
+            secrets: RestSecrets::new(self.auth.secrets.iter().cloned()),
+        }
     }
 
     /// The embedded default configuration.
@@ -317,8 +497,38 @@ impl Config {
             threads: usize,
             #[serde(skip_serializing_if = "Option::is_none")]
             software: Option<&'a str>,
+            realm: &'a str,
             listen: Vec<OutListen>,
+            relay: OutRelay,
+            auth: OutAuth,
+            peers: OutPeers,
             log: OutLog<'a>,
+        }
+        #[derive(Serialize)]
+        struct OutRelay {
+            addresses: Vec<String>,
+            external: Vec<String>,
+            ports: String,
+            max_lifetime: String,
+            max_allocations: u32,
+            max_allocations_per_user: u32,
+            legacy_channel_numbers: bool,
+        }
+        #[derive(Serialize)]
+        struct OutAuth {
+            // Secrets and passwords are never printed.
+            secrets: Vec<&'static str>,
+            nonce_lifetime: String,
+            users: Vec<OutUser>,
+        }
+        #[derive(Serialize)]
+        struct OutUser {
+            name: String,
+            password: &'static str,
+        }
+        #[derive(Serialize)]
+        struct OutPeers {
+            allow: Vec<String>,
         }
         #[derive(Serialize)]
         struct OutListen {
@@ -335,6 +545,32 @@ impl Config {
         let out = Out {
             threads: self.threads,
             software: self.software.as_deref(),
+            realm: &self.realm,
+            relay: OutRelay {
+                addresses: self.relay.addresses.iter().map(ToString::to_string).collect(),
+                external: self.relay.external.iter().map(ToString::to_string).collect(),
+                ports: self.relay.ports.to_string(),
+                max_lifetime: format_duration(self.relay.max_lifetime),
+                max_allocations: self.relay.max_allocations,
+                max_allocations_per_user: self.relay.max_allocations_per_user,
+                legacy_channel_numbers: self.relay.legacy_channel_numbers,
+            },
+            auth: OutAuth {
+                secrets: self.auth.secrets.iter().map(|_| REDACTED).collect(),
+                nonce_lifetime: format_duration(self.auth.nonce_lifetime),
+                users: self
+                    .auth
+                    .users
+                    .iter()
+                    .map(|u| OutUser {
+                        name: u.name.clone(),
+                        password: REDACTED,
+                    })
+                    .collect(),
+            },
+            peers: OutPeers {
+                allow: self.peers_allow.iter().map(ToString::to_string).collect(),
+            },
             listen: self
                 .listen
                 .iter()
@@ -355,6 +591,158 @@ impl Config {
         };
         toml::to_string(&out).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// What `check-config` prints in place of a secret or password.
+pub const REDACTED: &str = "<redacted>";
+
+fn duration_at_least(cx: &Ctx<'_>, s: &Spanned<String>, min: Duration, key: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?;
+    if d < min {
+        return Err(cx.err(s.span(), format!("{key} must be at least {}", format_duration(min))));
+    }
+    Ok(d)
+}
+
+fn count(cx: &Ctx<'_>, v: Option<Spanned<i64>>, default: u32, key: &str) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) => u32::try_from(*n.get_ref()).ok().filter(|&x| x >= 1).ok_or_else(|| {
+            cx.err(
+                n.span(),
+                format!("{key} must be between 1 and {}, got {}", u32::MAX, n.get_ref()),
+            )
+        }),
+    }
+}
+
+/// Parses a list of IPs with at most one per family.
+fn ip_per_family(cx: &Ctx<'_>, list: Spanned<Vec<Spanned<String>>>, key: &str) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for item in list.into_inner() {
+        let ip: IpAddr = item
+            .get_ref()
+            .parse()
+            .map_err(|_| cx.err(item.span(), format!("invalid IP address {:?} in {key}", item.get_ref())))?;
+        if out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            return Err(cx.err(
+                item.span(),
+                format!("{key} takes at most one IPv4 and one IPv6 address"),
+            ));
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigError> {
+    let addresses = match raw.addresses {
+        None => DEFAULT_RELAY_ADDRESSES.iter().filter_map(|a| a.parse().ok()).collect(),
+        Some(list) => {
+            let span = list.span();
+            let v = ip_per_family(cx, list, "relay.addresses")?;
+            if v.is_empty() {
+                return Err(cx.err(span, "relay.addresses is empty"));
+            }
+            v
+        }
+    };
+    let external = match raw.external {
+        None => Vec::new(),
+        Some(list) => {
+            let span = list.span();
+            let v = ip_per_family(cx, list, "relay.external")?;
+            for ip in &v {
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(cx.err(span.clone(), format!("relay.external {ip} cannot be advertised")));
+                }
+                if !addresses.iter().any(|a| a.is_ipv4() == ip.is_ipv4()) {
+                    return Err(cx.err(
+                        span.clone(),
+                        format!("relay.external {ip} has no relay.addresses entry of its family"),
+                    ));
+                }
+            }
+            v
+        }
+    };
+    let ports = match raw.ports {
+        None => PortRange::DEFAULT,
+        Some(p) => p.get_ref().parse().map_err(|e: String| cx.err(p.span(), e))?,
+    };
+    let max_lifetime = match raw.max_lifetime {
+        None => DEFAULT_MAX_LIFETIME,
+        Some(s) => duration_at_least(cx, &s, crate::server::DEFAULT_LIFETIME, "relay.max_lifetime")?,
+    };
+    Ok(RelayConfig {
+        addresses,
+        external,
+        ports,
+        max_lifetime,
+        max_allocations: count(
+            cx,
+            raw.max_allocations,
+            DEFAULT_MAX_ALLOCATIONS,
+            "relay.max_allocations",
+        )?,
+        max_allocations_per_user: count(
+            cx,
+            raw.max_allocations_per_user,
+            DEFAULT_MAX_ALLOCATIONS_PER_USER,
+            "relay.max_allocations_per_user",
+        )?,
+        legacy_channel_numbers: raw.legacy_channel_numbers.unwrap_or(false),
+    })
+}
+
+/// The rules for a user name, shared with `turnd user`.
+pub fn check_user_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("user name is empty");
+    }
+    if name.len() > MAX_USER_NAME {
+        return Err("user name is longer than 256 bytes");
+    }
+    if name.contains(':') {
+        return Err("user name contains ':' (reserved for TURN REST API usernames)");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("user name contains control characters");
+    }
+    Ok(())
+}
+
+fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    let mut secrets = Vec::new();
+    for s in raw.secrets.unwrap_or_default() {
+        if s.get_ref().is_empty() {
+            return Err(cx.err(s.span(), "auth.secrets entries must not be empty"));
+        }
+        secrets.push(s.into_inner());
+    }
+    let mut users: Vec<InlineUser> = Vec::new();
+    for u in raw.users.unwrap_or_default() {
+        check_user_name(u.name.get_ref()).map_err(|e| cx.err(u.name.span(), e))?;
+        if users.iter().any(|x| x.name == *u.name.get_ref()) {
+            return Err(cx.err(u.name.span(), format!("user {:?} appears twice", u.name.get_ref())));
+        }
+        if u.password.get_ref().is_empty() {
+            return Err(cx.err(u.password.span(), "password must not be empty"));
+        }
+        users.push(InlineUser {
+            name: u.name.into_inner(),
+            password: u.password.into_inner(),
+        });
+    }
+    let nonce_lifetime = match raw.nonce_lifetime {
+        None => DEFAULT_NONCE_LIFETIME,
+        Some(s) => duration_at_least(cx, &s, Duration::from_secs(10), "auth.nonce_lifetime")?,
+    };
+    Ok(AuthConfig {
+        secrets,
+        users,
+        nonce_lifetime,
+    })
 }
 
 fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigError> {

@@ -5,45 +5,86 @@
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::server::Transport;
 
-/// Why a packet was dropped without an answer (the `reason` label of
-/// `turnd_dropped_packets_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum DropReason {
-    /// Not a well-formed STUN message: length, cookie, attribute layout.
-    malformed,
-    /// FINGERPRINT present but wrong.
-    bad_fingerprint,
-    /// A response or indication sent to the server, which only answers requests.
-    unexpected_class,
-    /// ChannelData for a channel that is not bound.
-    channel_unbound,
-    /// A stream (TCP/TLS) that is not STUN framing; the connection is closed.
-    stream_garbage,
-    /// A reply could not be sent (socket buffer full or the socket failed).
-    send_failed,
+macro_rules! label_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+        #[allow(non_camel_case_types)]
+        pub enum $name { $($(#[$vm])* $v),* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+        }
+    };
 }
 
-impl DropReason {
-    pub const ALL: [DropReason; 6] = [
-        DropReason::malformed,
-        DropReason::bad_fingerprint,
-        DropReason::unexpected_class,
-        DropReason::channel_unbound,
-        DropReason::stream_garbage,
-        DropReason::send_failed,
-    ];
+label_enum! {
+    /// Why a packet was dropped without an answer (`turnd_dropped_packets_total{reason}`).
+    DropReason {
+        /// Not a well-formed STUN message: length, cookie, attribute layout.
+        malformed,
+        /// FINGERPRINT present but wrong.
+        bad_fingerprint,
+        /// A response, or an indication other than Send, sent to the server.
+        unexpected_class,
+        /// ChannelData for a channel that is not bound.
+        channel_unbound,
+        /// A stream (TCP) that is not STUN framing; the connection is closed.
+        stream_garbage,
+        /// A packet could not be sent (socket buffer full or the socket failed).
+        send_failed,
+        /// A Send indication or ChannelData from a 5-tuple without an allocation.
+        no_allocation,
+        /// Relay traffic to or from a peer without a permission.
+        no_permission,
+        /// A TCP client too slow to take the data relayed to it.
+        client_backpressure,
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-enum TransportLabel {
-    udp,
-    tcp,
+label_enum! {
+    /// Why authentication failed (`turnd_auth_failures_total{reason}`).
+    AuthFailure {
+        /// USERNAME is not a known user.
+        unknown_user,
+        /// MESSAGE-INTEGRITY did not verify: wrong password.
+        bad_integrity,
+        /// A TURN REST API username past its expiry time.
+        expired_credential,
+        /// A nonce past its expiry (answered 438).
+        stale_nonce,
+        /// A nonce this process did not issue to this client (answered 438).
+        invalid_nonce,
+        /// A REALM other than the server's.
+        wrong_realm,
+        /// Integrity present but USERNAME, REALM or NONCE missing or malformed (400).
+        malformed,
+        /// A request on an allocation made with other credentials (441).
+        wrong_credentials,
+    }
+}
+
+label_enum! {
+    /// TURN request methods (`turnd_turn_requests_total{method}`).
+    TurnMethod { allocate, refresh, create_permission, channel_bind }
+}
+
+label_enum! {
+    /// Relay directions (`turnd_relay_*_total{direction}`).
+    Direction { client_to_peer, peer_to_client }
+}
+
+label_enum! {
+    TransportLabel { udp, tcp }
+}
+
+label_enum! {
+    ResultLabel { success, error }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -52,83 +93,246 @@ struct TransportLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ReasonLabels {
+struct DropLabels {
     reason: DropReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthLabels {
+    reason: AuthFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    method: TurnMethod,
+    result: ResultLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+/// Allocation lifetimes span seconds to days.
+const DURATION_BUCKETS: [f64; 11] = [
+    10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0,
+];
+
+fn ti(t: Transport) -> usize {
+    match t {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+    }
 }
 
 /// Every metric the server exports, as ready-made handles.
 pub struct Metrics {
     registry: Registry,
-    binding_udp: Counter,
-    binding_tcp: Counter,
-    dropped: [Counter; DropReason::ALL.len()],
+    binding: [Counter; 2],
+    turn_requests: Vec<[Counter; 2]>,
+    auth_failures: Vec<Counter>,
+    allocations_active: [Gauge; 2],
+    allocations_total: [Counter; 2],
+    permissions_active: Gauge,
+    channels_active: Gauge,
+    relay_packets: [Counter; 2],
+    relay_bytes: [Counter; 2],
+    dropped: Vec<Counter>,
+    allocation_duration: Histogram,
     connections_refused: Counter,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut r = Registry::default();
         let binding = Family::<TransportLabels, Counter>::default();
-        registry.register(
+        r.register(
             "turnd_stun_binding_requests",
             "STUN Binding requests answered",
             binding.clone(),
         );
-        let dropped_family = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "turnd_turn_requests",
+            "TURN requests answered, by method and result",
+            requests.clone(),
+        );
+        let auth = Family::<AuthLabels, Counter>::default();
+        r.register(
+            "turnd_auth_failures",
+            "Authentication failures, by reason",
+            auth.clone(),
+        );
+        let active = Family::<TransportLabels, Gauge>::default();
+        r.register(
+            "turnd_allocations_active",
+            "Allocations open now, by client transport",
+            active.clone(),
+        );
+        let total = Family::<TransportLabels, Counter>::default();
+        r.register(
+            "turnd_allocations",
+            "Allocations created, by client transport",
+            total.clone(),
+        );
+        let permissions_active = Gauge::default();
+        r.register(
+            "turnd_permissions_active",
+            "Permissions installed now",
+            permissions_active.clone(),
+        );
+        let channels_active = Gauge::default();
+        r.register("turnd_channels_active", "Channels bound now", channels_active.clone());
+        let packets = Family::<DirectionLabels, Counter>::default();
+        r.register("turnd_relay_packets", "Packets relayed, by direction", packets.clone());
+        let bytes = Family::<DirectionLabels, Counter>::default();
+        r.register(
+            "turnd_relay_bytes",
+            "Application bytes relayed, by direction",
+            bytes.clone(),
+        );
+        let dropped = Family::<DropLabels, Counter>::default();
+        r.register(
             "turnd_dropped_packets",
             "Packets dropped without an answer, by reason",
-            dropped_family.clone(),
+            dropped.clone(),
+        );
+        let allocation_duration = Histogram::new(DURATION_BUCKETS);
+        r.register(
+            "turnd_allocation_duration_seconds",
+            "How long allocations lived, observed when they end",
+            allocation_duration.clone(),
         );
         let connections_refused = Counter::default();
-        registry.register(
+        r.register(
             "turnd_tcp_connections_refused",
             "TCP connections closed at accept because the listener was at max_connections",
             connections_refused.clone(),
         );
-        let t = |transport| binding.get_or_create(&TransportLabels { transport }).clone();
-        let dropped = DropReason::ALL.map(|reason| dropped_family.get_or_create(&ReasonLabels { reason }).clone());
+
+        let by_transport = |f: &Family<TransportLabels, Counter>| {
+            [TransportLabel::udp, TransportLabel::tcp]
+                .map(|transport| f.get_or_create(&TransportLabels { transport }).clone())
+        };
+        let by_direction = |f: &Family<DirectionLabels, Counter>| {
+            [Direction::client_to_peer, Direction::peer_to_client]
+                .map(|direction| f.get_or_create(&DirectionLabels { direction }).clone())
+        };
         Metrics {
-            binding_udp: t(TransportLabel::udp),
-            binding_tcp: t(TransportLabel::tcp),
-            dropped,
+            binding: by_transport(&binding),
+            turn_requests: TurnMethod::ALL
+                .iter()
+                .map(|&method| {
+                    [ResultLabel::success, ResultLabel::error]
+                        .map(|result| requests.get_or_create(&RequestLabels { method, result }).clone())
+                })
+                .collect(),
+            auth_failures: AuthFailure::ALL
+                .iter()
+                .map(|&reason| auth.get_or_create(&AuthLabels { reason }).clone())
+                .collect(),
+            allocations_active: [TransportLabel::udp, TransportLabel::tcp]
+                .map(|transport| active.get_or_create(&TransportLabels { transport }).clone()),
+            allocations_total: by_transport(&total),
+            permissions_active,
+            channels_active,
+            relay_packets: by_direction(&packets),
+            relay_bytes: by_direction(&bytes),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|&reason| dropped.get_or_create(&DropLabels { reason }).clone())
+                .collect(),
+            allocation_duration,
             connections_refused,
-            registry,
+            registry: r,
         }
     }
 
-    /// Counts one answered Binding request.
-    pub fn binding_request(&self, transport: Transport) {
-        match transport {
-            Transport::Udp => self.binding_udp.inc(),
-            Transport::Tcp => self.binding_tcp.inc(),
-        };
+    pub fn binding_request(&self, t: Transport) {
+        self.binding[ti(t)].inc();
     }
 
-    /// Counts one dropped packet.
+    pub fn binding_requests(&self, t: Transport) -> u64 {
+        self.binding[ti(t)].get()
+    }
+
+    pub fn turn_request(&self, method: TurnMethod, success: bool) {
+        self.turn_requests[method as usize][usize::from(!success)].inc();
+    }
+
+    pub fn turn_requests(&self, method: TurnMethod, success: bool) -> u64 {
+        self.turn_requests[method as usize][usize::from(!success)].get()
+    }
+
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures[reason as usize].inc();
+    }
+
+    pub fn auth_failures(&self, reason: AuthFailure) -> u64 {
+        self.auth_failures[reason as usize].get()
+    }
+
+    pub fn allocation_opened(&self, t: Transport) {
+        self.allocations_active[ti(t)].inc();
+        self.allocations_total[ti(t)].inc();
+    }
+
+    pub fn allocation_closed(&self, t: Transport, lived: std::time::Duration) {
+        self.allocations_active[ti(t)].dec();
+        self.allocation_duration.observe(lived.as_secs_f64());
+    }
+
+    pub fn allocations_active(&self, t: Transport) -> i64 {
+        self.allocations_active[ti(t)].get()
+    }
+
+    pub fn allocations_total(&self, t: Transport) -> u64 {
+        self.allocations_total[ti(t)].get()
+    }
+
+    /// Adds `delta` (possibly negative) to the permissions gauge.
+    pub fn permissions_delta(&self, delta: i64) {
+        self.permissions_active.inc_by(delta);
+    }
+
+    pub fn permissions_active(&self) -> i64 {
+        self.permissions_active.get()
+    }
+
+    /// Adds `delta` (possibly negative) to the channels gauge.
+    pub fn channels_delta(&self, delta: i64) {
+        self.channels_active.inc_by(delta);
+    }
+
+    pub fn channels_active(&self) -> i64 {
+        self.channels_active.get()
+    }
+
+    pub fn relayed(&self, d: Direction, bytes: usize) {
+        self.relay_packets[d as usize].inc();
+        self.relay_bytes[d as usize].inc_by(bytes as u64);
+    }
+
+    pub fn relay_packets(&self, d: Direction) -> u64 {
+        self.relay_packets[d as usize].get()
+    }
+
+    pub fn relay_bytes(&self, d: Direction) -> u64 {
+        self.relay_bytes[d as usize].get()
+    }
+
     pub fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].inc();
     }
 
-    /// Counts one connection refused at the per-listener cap.
-    pub fn connection_refused(&self) {
-        self.connections_refused.inc();
-    }
-
-    /// Current value of `turnd_stun_binding_requests_total{transport}`.
-    pub fn binding_requests(&self, transport: Transport) -> u64 {
-        match transport {
-            Transport::Udp => self.binding_udp.get(),
-            Transport::Tcp => self.binding_tcp.get(),
-        }
-    }
-
-    /// Current value of `turnd_dropped_packets_total{reason}`.
     pub fn dropped_packets(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize].get()
     }
 
-    /// Current value of `turnd_tcp_connections_refused_total`.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
     pub fn connections_refused(&self) -> u64 {
         self.connections_refused.get()
     }

@@ -6,11 +6,11 @@
 //! cross-shard lock. Within a shard, tasks share the engine through `Rc<RefCell<_>>` and
 //! never hold the borrow across an `.await`.
 
+mod shard;
 mod socket;
 mod tcp;
 mod udp;
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,9 +19,10 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{watch, Semaphore};
 
+pub use shard::RelaySocket;
+
 use crate::config::{Config, Source};
-use crate::metrics::Metrics;
-use crate::server::{Engine, EngineConfig, Transport};
+use crate::server::{Engine, EngineConfig, Shared, Transport, WallClock};
 
 /// A socket that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +64,7 @@ pub struct Server {
 impl Server {
     /// Binds every listener (so that errors surface before the server reports ready), then
     /// starts the shards.
-    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Server, BindError> {
+    pub fn start(config: &Config, shared: Arc<Shared>) -> Result<Server, BindError> {
         let shards = config.shard_count();
         let reuse_port = shards > 1;
         let mut sockets: Vec<ShardSockets> = (0..shards)
@@ -126,17 +127,16 @@ impl Server {
         }
 
         let (stop, stop_rx) = watch::channel(false);
-        let engine_config = EngineConfig {
-            software: config.software.clone(),
-        };
+        let engine_config = Arc::new(config.engine_config());
+        let clock = WallClock::now();
         let mut handles = Vec::with_capacity(shards);
         for (i, s) in sockets.into_iter().enumerate() {
-            let metrics = metrics.clone();
+            let shared = shared.clone();
             let engine_config = engine_config.clone();
             let stop_rx = stop_rx.clone();
             let h = std::thread::Builder::new()
                 .name(format!("turnd-shard-{i}"))
-                .spawn(move || run_shard(i, s, Engine::new(engine_config, metrics), stop_rx))
+                .spawn(move || run_shard(i, s, engine_config, shared, clock, stop_rx))
                 .map_err(|e| bind_err("thread", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
             handles.push(h);
         }
@@ -175,7 +175,14 @@ fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> 
     }
 }
 
-fn run_shard(index: usize, sockets: ShardSockets, engine: Engine, stop: watch::Receiver<bool>) {
+fn run_shard(
+    index: usize,
+    sockets: ShardSockets,
+    engine_config: Arc<EngineConfig>,
+    shared: Arc<Shared>,
+    clock: WallClock,
+    stop: watch::Receiver<bool>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -184,12 +191,14 @@ fn run_shard(index: usize, sockets: ShardSockets, engine: Engine, stop: watch::R
         }
     };
     let local = tokio::task::LocalSet::new();
-    let engine = Rc::new(RefCell::new(engine));
     local.block_on(&rt, async move {
+        let shard = shard::Shard::new(|io| Engine::new(engine_config, shared, io, clock), stop.clone());
         for s in sockets.udp {
-            match tokio::net::UdpSocket::from_std(s) {
-                Ok(s) => {
-                    tokio::task::spawn_local(udp::serve(s, engine.clone(), stop.clone()));
+            match udp::UdpListener::new(s) {
+                Ok(l) => {
+                    let l = Rc::new(l);
+                    shard.udp.borrow_mut().push(l.clone());
+                    tokio::task::spawn_local(udp::serve(l, shard.clone()));
                 }
                 Err(e) => tracing::error!(shard = index, error = %e, "cannot register UDP socket"),
             }
@@ -197,12 +206,24 @@ fn run_shard(index: usize, sockets: ShardSockets, engine: Engine, stop: watch::R
         for (l, settings) in sockets.tcp {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::task::spawn_local(tcp::serve(l, settings, engine.clone(), stop.clone()));
+                    tokio::task::spawn_local(tcp::serve(l, settings, shard.clone()));
                 }
                 Err(e) => tracing::error!(shard = index, error = %e, "cannot register TCP listener"),
             }
         }
+        tokio::task::spawn_local(shard::timers(shard.clone()));
         let mut stop = stop;
         let _ = stop.wait_for(|s| *s).await;
+        // Ending every allocation drops its relay sockets before the runtime goes away.
+        let now = std::time::Instant::now();
+        let users: Vec<String> = shard
+            .engine
+            .borrow()
+            .allocations()
+            .map(|a| a.username.to_string())
+            .collect();
+        for u in users {
+            shard.engine.borrow_mut().disconnect_user(now, &u);
+        }
     });
 }

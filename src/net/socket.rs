@@ -46,3 +46,15 @@ pub fn is_family_unavailable(e: &io::Error) -> bool {
     const EADDRNOTAVAIL: i32 = 99;
     matches!(e.raw_os_error(), Some(EAFNOSUPPORT | EADDRNOTAVAIL)) || e.kind() == io::ErrorKind::AddrNotAvailable
 }
+
+/// A relay socket: bound to exactly `addr`, never shared (no SO_REUSEPORT), so that an
+/// `AddrInUse` error reliably means the port is taken.
+pub fn bind_relay(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}

@@ -1,19 +1,20 @@
 //! The TCP listener driver: accept under a per-listener cap, cut the byte stream into STUN
-//! and ChannelData frames (RFC 8489 §6.2.2), answer each, close idle or garbled connections.
+//! and ChannelData frames (RFC 8489 §6.2.2, RFC 8656 §12.5), hand each to the engine, and
+//! write back replies and relayed data. A connection is one 5-tuple: when it closes, its
+//! allocation ends at once.
 
-use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::shard::{Shard, TcpOut};
 use super::TcpSettings;
 use crate::metrics::DropReason;
 use crate::proto::framing;
-use crate::server::{Engine, FiveTuple, Transport};
+use crate::server::{FiveTuple, Output, Transport};
 
 /// Initial read buffer per connection; it grows only as far as the largest frame needs.
 const INITIAL_BUFFER: usize = 2048;
@@ -22,13 +23,9 @@ const REPLY_BUFFER: usize = 2048;
 /// Pause after an accept error such as EMFILE, so that the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-pub async fn serve(
-    listener: TcpListener,
-    settings: TcpSettings,
-    engine: Rc<RefCell<Engine>>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard>) {
     let Ok(local) = listener.local_addr() else { return };
+    let mut stop = shard.stop.clone();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -38,22 +35,16 @@ pub async fn serve(
             Ok((stream, peer)) => match settings.connections.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let _ = stream.set_nodelay(true);
+                    let server = stream.local_addr().unwrap_or(local);
                     let tuple = FiveTuple {
                         transport: Transport::Tcp,
                         client: peer,
-                        server: local,
+                        server,
                     };
-                    tokio::task::spawn_local(connection(
-                        stream,
-                        tuple,
-                        settings.idle_timeout,
-                        engine.clone(),
-                        permit,
-                        stop.clone(),
-                    ));
+                    tokio::task::spawn_local(connection(stream, tuple, settings.idle_timeout, shard.clone(), permit));
                 }
                 Err(_) => {
-                    engine.borrow().metrics().connection_refused();
+                    shard.engine.borrow().metrics().connection_refused();
                     drop(stream);
                 }
             },
@@ -69,65 +60,125 @@ async fn connection(
     mut stream: TcpStream,
     tuple: FiveTuple,
     idle_timeout: Duration,
-    engine: Rc<RefCell<Engine>>,
+    shard: Rc<Shard>,
     _permit: OwnedSemaphorePermit,
-    mut stop: watch::Receiver<bool>,
 ) {
+    let out = Rc::new(TcpOut::default());
+    shard.tcp.borrow_mut().insert(tuple, out.clone());
+    let reason = run(&mut stream, &tuple, idle_timeout, &shard, &out).await;
+    tracing::debug!(client = %tuple.client, reason, "TCP connection closed");
+    shard.tcp.borrow_mut().remove(&tuple);
+    shard.engine.borrow_mut().handle_client_closed(Instant::now(), &tuple);
+}
+
+async fn run(
+    stream: &mut TcpStream,
+    tuple: &FiveTuple,
+    idle_timeout: Duration,
+    shard: &Rc<Shard>,
+    out: &Rc<TcpOut>,
+) -> &'static str {
+    let mut stop = shard.stop.clone();
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUFFER);
-    let mut out: Vec<u8> = Vec::new();
-    let mut scratch = vec![0u8; REPLY_BUFFER];
+    let mut reply = vec![0u8; REPLY_BUFFER];
+    let mut pending: Vec<u8> = Vec::new();
     let mut deadline = tokio::time::Instant::now() + idle_timeout;
     loop {
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(INITIAL_BUFFER);
         }
-        let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match read {
-            Err(_) => {
-                tracing::debug!(client = %tuple.client, "closing idle TCP connection");
-                return;
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(_)) => {}
-        }
-        let now = Instant::now();
-        let mut consumed = 0;
-        loop {
-            let rest = &buf[consumed..];
-            match framing::next_frame(rest) {
-                Ok(Some(frame)) => {
-                    let packet = &rest[..frame.len()];
-                    let reply = engine.borrow_mut().handle_client(now, &tuple, packet, &mut scratch);
-                    if let Some(len) = reply {
-                        out.extend_from_slice(&scratch[..len]);
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => match r {
+                Err(_) => {
+                    // Idle: close, unless an allocation lives on this connection.
+                    if !shard.engine.borrow().has_allocation(tuple) {
+                        return "idle";
                     }
-                    consumed += frame.len();
                     deadline = tokio::time::Instant::now() + idle_timeout;
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    engine.borrow().metrics().dropped(DropReason::stream_garbage);
-                    tracing::debug!(client = %tuple.client, error = %e, "closing TCP connection: not STUN");
-                    let _ = flush(&mut stream, &mut out, tuple.client).await;
-                    return;
+                Ok(Ok(0)) => return "closed by client",
+                Ok(Err(_)) => return "read error",
+                Ok(Ok(_)) => {
+                    if let Err(why) = frames(&mut buf, tuple, shard, &mut reply, &mut pending) {
+                        let _ = flush(stream, &mut pending, out).await;
+                        return why;
+                    }
+                    if buf.capacity() > 4 * INITIAL_BUFFER && buf.len() < INITIAL_BUFFER {
+                        buf.shrink_to(INITIAL_BUFFER);
+                    }
+                    deadline = tokio::time::Instant::now() + idle_timeout;
                 }
-            }
+            },
+            _ = out.notify.notified() => {}
+            _ = stop.wait_for(|s| *s) => return "server stopping",
         }
-        buf.drain(..consumed);
-        if flush(&mut stream, &mut out, tuple.client).await.is_err() {
-            return;
+        if flush(stream, &mut pending, out).await.is_err() {
+            return "write error";
         }
     }
 }
 
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>, _client: SocketAddr) -> std::io::Result<()> {
-    if out.is_empty() {
+/// Handles every complete frame in `buf`, queueing replies in `pending`.
+fn frames(
+    buf: &mut Vec<u8>,
+    tuple: &FiveTuple,
+    shard: &Rc<Shard>,
+    reply: &mut [u8],
+    pending: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    let now = Instant::now();
+    let mut engine = shard.engine.borrow_mut();
+    let metrics = engine.metrics().clone();
+    let mut consumed = 0;
+    let mut answered = false;
+    let result = loop {
+        let rest = &buf[consumed..];
+        match framing::next_frame(rest) {
+            Ok(Some(frame)) => {
+                let packet = &rest[..frame.len()];
+                match engine.handle_client(now, tuple, packet, reply) {
+                    Output::None => {}
+                    Output::Reply(len) => {
+                        answered = true;
+                        pending.extend_from_slice(&reply[..len]);
+                    }
+                    Output::Relay { socket, peer, data } => {
+                        if socket.send_to(data, peer).is_err() {
+                            metrics.dropped(DropReason::send_failed);
+                        }
+                    }
+                }
+                consumed += frame.len();
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => {
+                metrics.dropped(DropReason::stream_garbage);
+                tracing::debug!(client = %tuple.client, error = %e, "closing TCP connection: not STUN");
+                break Err("not STUN");
+            }
+        }
+    };
+    if answered {
+        shard.rearm(&mut engine);
+    }
+    drop(engine);
+    buf.drain(..consumed);
+    result
+}
+
+/// Writes queued replies, then whatever the relay path queued for this client.
+async fn flush(stream: &mut TcpStream, pending: &mut Vec<u8>, out: &Rc<TcpOut>) -> std::io::Result<()> {
+    {
+        let mut q = out.queue.borrow_mut();
+        if !q.is_empty() {
+            pending.extend_from_slice(&q);
+            q.clear();
+        }
+    }
+    if pending.is_empty() {
         return Ok(());
     }
-    let r = stream.write_all(out).await;
-    out.clear();
+    let r = stream.write_all(pending).await;
+    pending.clear();
     r
 }

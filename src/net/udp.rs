@@ -1,49 +1,127 @@
-//! The UDP listener driver: drain a batch of datagrams per readiness event, answer each.
+//! The UDP listener driver: batched receive (recvmmsg, GRO) through quinn-udp, which also
+//! reports the destination address of each datagram, so that a wildcard listener knows the
+//! concrete server address of every 5-tuple and answers from it.
 
-use std::cell::RefCell;
-use std::io;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 
+use super::shard::{Shard, BATCH};
 use crate::metrics::DropReason;
-use crate::proto::MAX_MESSAGE_LEN;
-use crate::server::{Engine, FiveTuple, Transport};
+use crate::server::{FiveTuple, Output, Transport};
 
-/// Datagrams handled per wake-up before yielding to the shard's other tasks.
-const BATCH: usize = 64;
+/// One receive slot: room for a GRO batch of datagrams.
+const SLOT: usize = 64 * 1024;
 
-pub async fn serve(sock: UdpSocket, engine: Rc<RefCell<Engine>>, mut stop: watch::Receiver<bool>) {
-    let Ok(local) = sock.local_addr() else { return };
-    let mut rx = vec![0u8; MAX_MESSAGE_LEN];
-    let mut tx = vec![0u8; MAX_MESSAGE_LEN];
+pub struct UdpListener {
+    pub sock: UdpSocket,
+    state: UdpSocketState,
+    pub local: SocketAddr,
+}
+
+impl UdpListener {
+    pub fn new(std: std::net::UdpSocket) -> io::Result<Self> {
+        let state = UdpSocketState::new((&std).into())?;
+        let sock = UdpSocket::from_std(std)?;
+        let local = sock.local_addr()?;
+        Ok(UdpListener { sock, state, local })
+    }
+
+    /// True when this listener receives traffic sent to `server`.
+    pub fn serves(&self, server: SocketAddr) -> bool {
+        self.local.port() == server.port()
+            && self.local.is_ipv6() == server.is_ipv6()
+            && (self.local.ip() == server.ip() || self.local.ip().is_unspecified())
+    }
+
+    /// Sends to a client, from the address its 5-tuple names.
+    pub fn send(&self, tuple: &FiveTuple, bytes: &[u8]) -> io::Result<()> {
+        let src_ip: Option<IpAddr> = self.local.ip().is_unspecified().then_some(tuple.server.ip());
+        let t = Transmit {
+            destination: tuple.client,
+            ecn: None,
+            contents: bytes,
+            segment_size: None,
+            src_ip,
+        };
+        self.state.try_send((&self.sock).into(), &t)
+    }
+}
+
+pub async fn serve(listener: Rc<UdpListener>, shard: Rc<Shard>) {
+    let mut stop = shard.stop.clone();
+    let mut bufs = vec![0u8; SLOT * BATCH].into_boxed_slice();
+    let mut metas = [RecvMeta::default(); BATCH];
+    let mut tx = vec![0u8; 2048].into_boxed_slice();
     loop {
         tokio::select! {
-            r = sock.readable() => if r.is_err() { return },
+            r = listener.sock.readable() => if r.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
+        let received = {
+            let mut chunks = bufs.chunks_mut(SLOT);
+            let mut iovs: [IoSliceMut<'_>; BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            listener.sock.try_io(Interest::READABLE, || {
+                listener.state.recv((&listener.sock).into(), &mut iovs, &mut metas)
+            })
+        };
+        let n = match received {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => continue,
+        };
+        handle_batch(&listener, &shard, &bufs, &metas[..n], &mut tx);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Hands one received batch to the engine and sends what it answers. Synchronous, so the
+/// engine borrow can never span an await.
+fn handle_batch(listener: &UdpListener, shard: &Shard, bufs: &[u8], metas: &[RecvMeta], tx: &mut [u8]) {
+    {
         let now = Instant::now();
-        for _ in 0..BATCH {
-            let (n, from) = match sock.try_recv_from(&mut rx) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors from earlier sends surface here; they concern one peer only.
-                Err(_) => continue,
-            };
+        let mut engine = shard.engine.borrow_mut();
+        let metrics = engine.metrics().clone();
+        let mut answered = false;
+        for (meta, slot) in metas.iter().zip(bufs.chunks(SLOT)) {
             let tuple = FiveTuple {
                 transport: Transport::Udp,
-                client: from,
-                server: local,
+                client: meta.addr,
+                server: SocketAddr::new(meta.dst_ip.unwrap_or(listener.local.ip()), listener.local.port()),
             };
-            let reply = engine.borrow_mut().handle_client(now, &tuple, &rx[..n], &mut tx);
-            if let Some(len) = reply {
-                if sock.try_send_to(&tx[..len], from).is_err() {
-                    engine.borrow().metrics().dropped(DropReason::send_failed);
+            let data = slot.get(..meta.len).unwrap_or_default();
+            // GRO packs several datagrams of one flow at `stride` offsets; an empty datagram
+            // is still one datagram.
+            let stride = meta.stride.max(1);
+            let count = data.len().div_ceil(stride).max(1);
+            for k in 0..count {
+                let datagram = data
+                    .get(k * stride..data.len().min((k + 1) * stride))
+                    .unwrap_or_default();
+                match engine.handle_client(now, &tuple, datagram, tx) {
+                    Output::None => {}
+                    Output::Reply(len) => {
+                        answered = true;
+                        if listener.send(&tuple, &tx[..len]).is_err() {
+                            metrics.dropped(DropReason::send_failed);
+                        }
+                    }
+                    Output::Relay { socket, peer, data } => {
+                        if socket.send_to(data, peer).is_err() {
+                            metrics.dropped(DropReason::send_failed);
+                        }
+                    }
                 }
             }
         }
-        tokio::task::yield_now().await;
+        if answered {
+            shard.rearm(&mut engine);
+        }
     }
 }

@@ -2,15 +2,23 @@
 
 use super::pad4;
 
-/// A channel number in 0x4000..=0x4FFF.
+/// A channel number: any value whose first two bits are 01 (0x4000..=0x7FFF), which is what
+/// makes a packet ChannelData on the wire. RFC 8656 lets clients bind only 0x4000..=0x4FFF
+/// ([`ChannelNumber::RFC8656_MAX`]); RFC 5766 allowed up to 0x7FFE. Which numbers a
+/// ChannelBind may use is the engine's policy, not the codec's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
 impl ChannelNumber {
     pub const MIN: u16 = 0x4000;
-    pub const MAX: u16 = 0x4FFF;
+    /// Highest value that is ChannelData-shaped.
+    pub const MAX: u16 = 0x7FFF;
+    /// Highest number RFC 8656 lets a client bind.
+    pub const RFC8656_MAX: u16 = 0x4FFF;
+    /// Highest number RFC 5766 let a client bind.
+    pub const RFC5766_MAX: u16 = 0x7FFE;
 
-    /// Returns the channel number if `n` is in the range a client may bind.
+    /// Returns the channel number if `n` is ChannelData-shaped.
     pub fn new(n: u16) -> Option<Self> {
         (Self::MIN..=Self::MAX).contains(&n).then_some(ChannelNumber(n))
     }
@@ -25,7 +33,7 @@ impl ChannelNumber {
 pub enum ChannelDataError {
     #[error("shorter than a ChannelData header")]
     TooShort,
-    #[error("channel number outside 0x4000-0x4FFF")]
+    #[error("channel number outside 0x4000-0x7FFF")]
     BadChannel,
     #[error("length field exceeds the packet")]
     Truncated,
@@ -73,7 +81,8 @@ mod tests {
         assert!(ChannelNumber::new(0x3FFF).is_none());
         assert!(ChannelNumber::new(0x4000).is_some());
         assert!(ChannelNumber::new(0x4FFF).is_some());
-        assert!(ChannelNumber::new(0x5000).is_none());
+        assert!(ChannelNumber::new(0x7FFF).is_some());
+        assert!(ChannelNumber::new(0x8000).is_none());
     }
 
     #[test]

@@ -38,9 +38,6 @@ pub enum FrameError {
     /// A STUN length that is not a multiple of four.
     #[error("unaligned STUN length")]
     UnalignedLength,
-    /// A ChannelData header with a channel number outside 0x4000..=0x4FFF.
-    #[error("bad channel number")]
-    BadChannel,
 }
 
 /// Looks at the start of `buf`. Returns `Ok(Some(frame))` when a whole frame is buffered,
@@ -65,10 +62,6 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<Frame>, FrameError> {
         }
         0b01 => {
             let Some(h) = buf.get(..4) else { return Ok(None) };
-            let ch = u16::from_be_bytes([h[0], h[1]]);
-            if ch > super::channel::ChannelNumber::MAX {
-                return Err(FrameError::BadChannel);
-            }
             let total = 4 + pad4(usize::from(u16::from_be_bytes([h[2], h[3]])));
             Ok((buf.len() >= total).then_some(Frame::ChannelData(total)))
         }
@@ -110,6 +103,5 @@ mod tests {
         );
         assert_eq!(next_frame(&[0, 1, 0, 0, 1, 2, 3, 4]), Err(FrameError::BadMagicCookie));
         assert_eq!(next_frame(&[0, 1, 0, 3]), Err(FrameError::UnalignedLength));
-        assert_eq!(next_frame(&[0x50, 0, 0, 0]), Err(FrameError::BadChannel));
     }
 }

@@ -1,16 +1,32 @@
-//! The protocol engine: decides what to answer to each packet a client sends. It owns no
-//! sockets and reads no clock; every entry point takes `now` and the caller's buffers.
+//! The protocol engine: STUN Binding and TURN (RFC 8656) for one shard. It owns the
+//! allocation table and the timer heap, but no sockets and no clock: every entry point takes
+//! `now`, relay sockets are opened through [`RelayIo`], and the answers are returned.
 //!
-//! Call order (per shard): for each packet that arrives on a listener, call
-//! [`Engine::handle_client`] with the 5-tuple it arrived on; if it returns a length, send
-//! that many bytes of `out` back on the same 5-tuple.
+//! Call order, per shard:
+//! - each packet a client sends to a listener: [`Engine::handle_client`], then act on the
+//!   [`Output`] (send a reply on the same 5-tuple, or relay data to a peer);
+//! - each datagram a relay socket receives: [`Engine::handle_peer`], then send the result to
+//!   the client's 5-tuple;
+//! - a TCP client connection closing: [`Engine::handle_client_closed`];
+//! - timers: sleep until [`Engine::poll_timeout`], then call [`Engine::handle_timeout`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+mod allocation;
+pub mod memory;
+pub mod policy;
+pub mod relay;
+mod turn;
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
+pub use policy::PeerPolicy;
+pub use relay::{AllocationId, PortRange, RelayIo, RelayToken};
+
+use crate::auth::{CredentialSource, Credentials, NonceKey};
 use crate::metrics::{DropReason, Metrics};
-use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
+use crate::proto::{AttrType, ChannelData, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
 
 /// The client-side transport a packet arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,7 +44,9 @@ impl Transport {
     }
 }
 
-/// The 5-tuple a client packet arrived on: transport, client address, server address.
+/// The 5-tuple a client packet arrived on: transport, client address, server address. The
+/// server address is the concrete address the packet was sent to, even on a wildcard
+/// listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
     pub transport: Transport,
@@ -36,16 +54,236 @@ pub struct FiveTuple {
     pub server: SocketAddr,
 }
 
+/// The default allocation lifetime (RFC 8656 §2.2).
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+
 /// What the engine needs from the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Value of the SOFTWARE attribute; `None` omits it, keeping responses small.
     pub software: Option<String>,
+    pub realm: String,
+    /// Addresses relay sockets bind to; at most one per family.
+    pub relay_addresses: Vec<IpAddr>,
+    /// Addresses advertised in XOR-RELAYED-ADDRESS instead of the bound ones (1:1 NAT).
+    pub relay_external: Vec<IpAddr>,
+    pub relay_ports: PortRange,
+    /// Longest lifetime a client may ask for.
+    pub max_lifetime: Duration,
+    /// How long a nonce stays valid before a 438.
+    pub nonce_lifetime: Duration,
+    /// Allocations per username (486 beyond).
+    pub max_allocations_per_user: u32,
+    /// Allocations in the whole process (486 beyond).
+    pub max_allocations: u32,
+    pub peers: PeerPolicy,
+    /// Highest channel number a ChannelBind may use: 0x4FFF (RFC 8656), or 0x7FFE to accept
+    /// RFC 5766-era clients.
+    pub max_channel: u16,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            software: None,
+            realm: "turnd".into(),
+            relay_addresses: vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([0u16; 8])],
+            relay_external: vec![],
+            relay_ports: PortRange::DEFAULT,
+            max_lifetime: Duration::from_secs(3600),
+            nonce_lifetime: Duration::from_secs(600),
+            max_allocations_per_user: 100,
+            max_allocations: 100_000,
+            peers: PeerPolicy::default(),
+            max_channel: crate::proto::ChannelNumber::RFC8656_MAX,
+        }
+    }
+}
+
+/// Allocation counts shared by every shard, so that quotas hold process-wide.
+#[derive(Debug, Default)]
+pub struct Quota {
+    // Taken only on Allocate and on allocation end, never on the packet path or across an
+    // await.
+    inner: Mutex<QuotaInner>,
+}
+
+#[derive(Debug, Default)]
+struct QuotaInner {
+    total: u32,
+    per_user: std::collections::HashMap<Box<str>, u32>,
+}
+
+impl Quota {
+    fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> bool {
+        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let used = q.per_user.get(user).copied().unwrap_or(0);
+        if q.total >= max_total || used >= max_user {
+            return false;
+        }
+        q.total += 1;
+        *q.per_user.entry(user.into()).or_insert(0) += 1;
+        true
+    }
+
+    fn release(&self, user: &str) {
+        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        q.total = q.total.saturating_sub(1);
+        if let Some(n) = q.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                q.per_user.remove(user);
+            }
+        }
+    }
+
+    /// Allocations held process-wide.
+    pub fn total(&self) -> u32 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+/// State shared by every shard's engine.
+pub struct Shared {
+    credentials: RwLock<Arc<dyn CredentialSource>>,
+    pub nonce_key: NonceKey,
+    pub quota: Quota,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    pub fn new(credentials: Arc<dyn CredentialSource>, nonce_key: NonceKey, metrics: Arc<Metrics>) -> Self {
+        Shared {
+            credentials: RwLock::new(credentials),
+            nonce_key,
+            quota: Quota::default(),
+            metrics,
+        }
+    }
+
+    /// Shared state with no credentials (STUN only) and a random nonce key.
+    pub fn stun_only(metrics: Arc<Metrics>) -> Self {
+        let key = NonceKey::random().unwrap_or_else(|_| NonceKey::from_bytes([0; 32]));
+        Shared::new(Arc::new(Credentials::default()), key, metrics)
+    }
+
+    /// The credential source in force.
+    pub fn credentials(&self) -> Arc<dyn CredentialSource> {
+        // Held only to clone the Arc.
+        self.credentials.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the credential source; requests already being handled keep the old one.
+    pub fn set_credentials(&self, c: Arc<dyn CredentialSource>) {
+        *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+}
+
+/// What to do with a packet a client sent.
+#[derive(Debug)]
+pub enum Output<'a, S> {
+    /// Nothing to send.
+    None,
+    /// Send the first `n` bytes of `out` back to the client on the same 5-tuple.
+    Reply(usize),
+    /// Send `data` to `peer` from a relay socket.
+    Relay {
+        socket: &'a S,
+        peer: SocketAddr,
+        data: &'a [u8],
+    },
+}
+
+/// A datagram from a peer, framed for the client: send the first `len` bytes of `out` to
+/// `tuple`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToClient {
+    pub tuple: FiveTuple,
+    pub len: usize,
+}
+
+/// Why an allocation ended (the `reason` in its log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Expired,
+    Refresh0,
+    TcpClosed,
+    Disconnected,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Refresh0 => "refresh 0",
+            EndReason::TcpClosed => "tcp closed",
+            EndReason::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Maps the engine's clock (`Instant`) onto wall-clock seconds, for nonce and REST
+/// credential expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    pub at: Instant,
+    pub unix: Duration,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        WallClock {
+            at: Instant::now(),
+            unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
+        }
+    }
+
+    pub fn unix_secs(&self, now: Instant) -> u64 {
+        (self.unix + now.saturating_duration_since(self.at)).as_secs()
+    }
+}
+
+/// Allows a burst of log lines, then a steady trickle, so a flood cannot fill a disk.
+#[derive(Debug)]
+struct LogLimiter {
+    tokens: f64,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const BURST: f64 = 20.0;
+    const PER_SEC: f64 = 5.0;
+
+    fn new() -> Self {
+        LogLimiter {
+            tokens: Self::BURST,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns `Some(suppressed_since_last)` when a line may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * Self::PER_SEC).min(Self::BURST);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// Comprehension-required attributes this server understands in a request. Anything else
-/// below 0x8000 gets 420 (RFC 8489 §6.3.1). CHANGE-REQUEST, RESPONSE-PORT and PADDING (RFC
-/// 5780) are deliberately absent: a server that does not implement them must say so.
+/// below 0x8000 gets 420 (RFC 8489 §6.3.1). Deliberately absent: CHANGE-REQUEST,
+/// RESPONSE-PORT and PADDING (RFC 5780), and DONT-FRAGMENT, which RFC 8656 §7.2 says to treat
+/// as unknown when the server cannot set the DF bit.
 const KNOWN_REQUIRED: &[AttrType] = &[
     AttrType::MAPPED_ADDRESS,
     AttrType::USERNAME,
@@ -66,7 +304,6 @@ const KNOWN_REQUIRED: &[AttrType] = &[
     AttrType::REQUESTED_ADDRESS_FAMILY,
     AttrType::EVEN_PORT,
     AttrType::REQUESTED_TRANSPORT,
-    AttrType::DONT_FRAGMENT,
     AttrType::RESERVATION_TOKEN,
     AttrType::PRIORITY,
     AttrType::USE_CANDIDATE,
@@ -76,43 +313,97 @@ const KNOWN_REQUIRED: &[AttrType] = &[
 const MAX_UNKNOWN_LISTED: usize = 8;
 
 /// The engine of one shard.
-pub struct Engine {
-    config: EngineConfig,
-    metrics: Arc<Metrics>,
+pub struct Engine<R: RelayIo> {
+    config: Arc<EngineConfig>,
+    shared: Arc<Shared>,
+    io: R,
+    clock: WallClock,
+    table: allocation::Table<R::Socket>,
+    log_limiter: LogLimiter,
+    /// Transaction IDs of Data indications: a random base and a counter (they need to be
+    /// unique, not secret; no response ever refers to them).
+    indication_tid: (u128, u64),
 }
 
-impl Engine {
-    pub fn new(config: EngineConfig, metrics: Arc<Metrics>) -> Self {
-        Engine { config, metrics }
+impl<R: RelayIo> Engine<R> {
+    pub fn new(config: Arc<EngineConfig>, shared: Arc<Shared>, io: R, clock: WallClock) -> Self {
+        let mut base = [0u8; 16];
+        let _ = getrandom::fill(&mut base);
+        Engine {
+            config,
+            shared,
+            io,
+            clock,
+            table: allocation::Table::default(),
+            log_limiter: LogLimiter::new(),
+            indication_tid: (u128::from_le_bytes(base), 0),
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.shared.metrics
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration for new requests (existing allocations keep their relays).
+    pub fn set_config(&mut self, config: Arc<EngineConfig>) {
+        self.config = config;
+    }
+
+    pub fn io(&self) -> &R {
+        &self.io
+    }
+
+    pub fn io_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
+    /// Number of allocations this engine holds.
+    pub fn allocation_count(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when `tuple` has an allocation.
+    pub fn has_allocation(&self, tuple: &FiveTuple) -> bool {
+        self.table.id_for(tuple).is_some()
+    }
+
+    /// Every allocation this engine holds.
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation<R::Socket>> {
+        self.table.iter().map(|(_, a)| a)
+    }
+
+    /// Entries in the timer heap (stale ones included).
+    pub fn timer_entries(&self) -> usize {
+        self.table.timer_entries()
     }
 
     /// Handles one packet a client sent to a listener: one UDP datagram, or one frame cut
-    /// from a TCP stream. Writes the answer into `out` and returns its length, or returns
-    /// `None` when the packet is dropped (malformed input is never answered, only counted).
-    pub fn handle_client(&mut self, _now: Instant, tuple: &FiveTuple, packet: &[u8], out: &mut [u8]) -> Option<usize> {
+    /// from a TCP stream. Replies are written into `out`; relayed data borrows `packet`.
+    /// Malformed input is never answered, only counted.
+    pub fn handle_client<'a>(
+        &'a mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        packet: &'a [u8],
+        out: &mut [u8],
+    ) -> Output<'a, R::Socket> {
         if packet.first().is_some_and(|b| b & 0xC0 == 0x40) {
-            // ChannelData: no channel can be bound until the relay exists.
-            self.metrics.dropped(DropReason::channel_unbound);
-            return None;
+            return self.channel_data(now, tuple, packet);
         }
         let msg = match Message::parse(packet) {
             Ok(m) => m,
             Err(e) => {
-                self.metrics.dropped(match e {
+                self.shared.metrics.dropped(match e {
                     ParseError::FingerprintMismatch => DropReason::bad_fingerprint,
                     _ => DropReason::malformed,
                 });
-                return None;
+                return Output::None;
             }
         };
-        if msg.class() != Class::Request {
-            self.metrics.dropped(DropReason::unexpected_class);
-            return None;
-        }
 
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
         let mut n_unknown = 0;
@@ -126,49 +417,234 @@ impl Engine {
                 n_unknown += 1;
             }
         }
+
+        match msg.class() {
+            Class::Request => {}
+            Class::Indication if msg.method() == Method::SEND => {
+                if n_unknown > 0 {
+                    // RFC 8489 §6.3.2: indications with unknown required attributes are dropped.
+                    self.shared.metrics.dropped(DropReason::malformed);
+                    return Output::None;
+                }
+                return self.send_indication(now, tuple, msg);
+            }
+            _ => {
+                self.shared.metrics.dropped(DropReason::unexpected_class);
+                return Output::None;
+            }
+        }
+
         if n_unknown > 0 {
             return self.error(&msg, ErrorCode::UNKNOWN_ATTRIBUTE, &unknown[..n_unknown], out);
         }
 
         match msg.method() {
             Method::BINDING => self.binding(&msg, tuple, out),
+            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
+                self.turn_request(now, tuple, &msg, out)
+            }
             _ => self.error(&msg, ErrorCode::BAD_REQUEST, &[], out),
         }
     }
 
-    fn binding(&mut self, msg: &Message<'_>, tuple: &FiveTuple, out: &mut [u8]) -> Option<usize> {
-        let typ = MessageType::new(Method::BINDING, Class::Success);
-        let len = self.respond(msg, typ, out, |w| {
-            w.xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client)
-        })?;
-        self.metrics.binding_request(tuple.transport);
-        Some(len)
+    /// Handles a datagram that relay socket `token` received from `peer`. Returns what to
+    /// send to the client, framed as ChannelData when a channel is bound to `peer`, else as
+    /// a Data indication. Traffic from peers without a permission is dropped.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        token: RelayToken,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<ToClient> {
+        let next_tid = self.next_indication_tid();
+        let metrics = &self.shared.metrics;
+        let Some(a) = self.table.get_mut(token.allocation) else {
+            metrics.dropped(DropReason::no_allocation);
+            return None;
+        };
+        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
+        if !a.has_permission(peer.ip(), now) {
+            metrics.dropped(DropReason::no_permission);
+            return None;
+        }
+        let tuple = a.tuple;
+        let len = if let Some(ch) = a.channel_for(peer, now) {
+            let channel = crate::proto::ChannelNumber::new(ch)?;
+            ChannelData::encode(channel, data, tuple.transport == Transport::Tcp, out)?
+        } else {
+            let typ = MessageType::new(Method::DATA, Class::Indication);
+            let mut w = MessageWriter::new(out, typ, next_tid).ok()?;
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, peer).ok()?;
+            w.attr(AttrType::DATA, data).ok()?;
+            w.finish()
+        };
+        a.traffic.to_client_packets += 1;
+        a.traffic.to_client_bytes += data.len() as u64;
+        metrics.relayed(crate::metrics::Direction::peer_to_client, data.len());
+        Some(ToClient { tuple, len })
     }
 
-    fn error(&mut self, msg: &Message<'_>, code: ErrorCode, unknown: &[AttrType], out: &mut [u8]) -> Option<usize> {
+    /// A TCP client connection closed: its allocation ends at once.
+    pub fn handle_client_closed(&mut self, now: Instant, tuple: &FiveTuple) {
+        if let Some(id) = self.table.id_for(tuple) {
+            self.end_allocation(now, id, EndReason::TcpClosed);
+        }
+    }
+
+    /// Ends every allocation of `username`; returns how many ended.
+    pub fn disconnect_user(&mut self, now: Instant, username: &str) -> usize {
+        let ids: Vec<AllocationId> = self
+            .table
+            .iter()
+            .filter(|(_, a)| &*a.username == username)
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &ids {
+            self.end_allocation(now, id, EndReason::Disconnected);
+        }
+        ids.len()
+    }
+
+    /// The next moment [`Engine::handle_timeout`] has work to do.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.table.next_timeout()
+    }
+
+    /// Expires allocations, permissions and channels whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(id) = self.table.pop_due(now) {
+            let Some(a) = self.table.get_mut(id) else { continue };
+            if a.expires <= now {
+                self.end_allocation(now, id, EndReason::Expired);
+                continue;
+            }
+            let (perms, chans) = a.sweep(now);
+            self.shared.metrics.permissions_delta(-(perms as i64));
+            self.shared.metrics.channels_delta(-(chans as i64));
+            self.table.reschedule(id, now);
+        }
+    }
+
+    fn end_allocation(&mut self, now: Instant, id: AllocationId, reason: EndReason) {
+        let Some(a) = self.table.remove(id) else { return };
+        let m = &self.shared.metrics;
+        self.shared.quota.release(&a.username);
+        let lived = now.saturating_duration_since(a.created);
+        m.allocation_closed(a.tuple.transport, lived);
+        m.permissions_delta(-(a.permissions.len() as i64));
+        m.channels_delta(-(a.counted_channels() as i64));
+        let t = a.traffic;
+        tracing::info!(
+            event = "allocation ended",
+            reason = reason.as_str(),
+            user = %a.username,
+            client = %a.tuple.client,
+            transport = a.tuple.transport.as_str(),
+            duration_s = lived.as_secs(),
+            to_peer_packets = t.to_peer_packets,
+            to_peer_bytes = t.to_peer_bytes,
+            to_client_packets = t.to_client_packets,
+            to_client_bytes = t.to_client_bytes,
+            "allocation ended"
+        );
+        // Dropping `a` here closes its relay sockets.
+    }
+
+    fn next_indication_tid(&mut self) -> crate::proto::TransactionId {
+        self.indication_tid.1 = self.indication_tid.1.wrapping_add(1);
+        let v = self.indication_tid.0 ^ u128::from(self.indication_tid.1);
+        let mut tid = [0u8; 12];
+        tid.copy_from_slice(&v.to_le_bytes()[..12]);
+        crate::proto::TransactionId(tid)
+    }
+
+    fn channel_data<'a>(&'a mut self, now: Instant, tuple: &FiveTuple, packet: &'a [u8]) -> Output<'a, R::Socket> {
+        let metrics = &self.shared.metrics;
+        let Ok(cd) = ChannelData::parse(packet) else {
+            metrics.dropped(DropReason::malformed);
+            return Output::None;
+        };
+        let Some(id) = self.table.id_for(tuple) else {
+            metrics.dropped(DropReason::no_allocation);
+            return Output::None;
+        };
+        let Some(a) = self.table.get_mut(id) else {
+            return Output::None;
+        };
+        let Some(peer) = a.channel_peer(cd.channel.get(), now) else {
+            metrics.dropped(DropReason::channel_unbound);
+            return Output::None;
+        };
+        if !a.has_permission(peer.ip(), now) {
+            metrics.dropped(DropReason::no_permission);
+            return Output::None;
+        }
+        a.traffic.to_peer_packets += 1;
+        a.traffic.to_peer_bytes += cd.data.len() as u64;
+        metrics.relayed(crate::metrics::Direction::client_to_peer, cd.data.len());
+        match &a.relays[allocation::family_index(peer.ip())] {
+            Some(r) => Output::Relay {
+                socket: &r.socket,
+                peer,
+                data: cd.data,
+            },
+            None => Output::None,
+        }
+    }
+
+    fn binding<'x>(&mut self, msg: &Message<'_>, tuple: &FiveTuple, out: &mut [u8]) -> Output<'x, R::Socket> {
+        let typ = MessageType::new(Method::BINDING, Class::Success);
+        match self.respond(msg, typ, out, None, |w| {
+            w.xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client)
+        }) {
+            Some(len) => {
+                self.shared.metrics.binding_request(tuple.transport);
+                Output::Reply(len)
+            }
+            None => Output::None,
+        }
+    }
+
+    fn error<'x>(
+        &self,
+        msg: &Message<'_>,
+        code: ErrorCode,
+        unknown: &[AttrType],
+        out: &mut [u8],
+    ) -> Output<'x, R::Socket> {
         let typ = MessageType::new(msg.method(), Class::Error);
-        self.respond(msg, typ, out, |w| {
+        let len = self.respond(msg, typ, out, None, |w| {
             w.error_code(code)?;
             if !unknown.is_empty() {
                 w.unknown_attributes(unknown)?;
             }
             Ok(())
-        })
+        });
+        len.map_or(Output::None, Output::Reply)
     }
 
-    /// Writes a response to `msg`: the body from `body`, then SOFTWARE when configured, then
-    /// FINGERPRINT when the request carried one.
+    /// Writes a response to `msg`: the body, SOFTWARE when configured, integrity under `key`
+    /// when given (MESSAGE-INTEGRITY-SHA256 if the request used it), then FINGERPRINT when
+    /// the request carried one.
     fn respond(
         &self,
         msg: &Message<'_>,
         typ: MessageType,
         out: &mut [u8],
+        key: Option<(&[u8], bool)>,
         body: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), crate::proto::EncodeError>,
     ) -> Option<usize> {
         let mut w = MessageWriter::new(out, typ, msg.transaction_id()).ok()?;
         body(&mut w).ok()?;
         if let Some(s) = &self.config.software {
             w.attr(AttrType::SOFTWARE, s.as_bytes()).ok()?;
+        }
+        match key {
+            Some((k, true)) => w.message_integrity_sha256(k).ok()?,
+            Some((k, false)) => w.message_integrity(k).ok()?,
+            None => {}
         }
         if msg.has_fingerprint() {
             w.fingerprint().ok()?;

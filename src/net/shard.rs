@@ -1,0 +1,197 @@
+//! One shard: a thread with a current-thread runtime that owns an engine, its listener
+//! sockets, its relay sockets and its TCP connections. Tasks share the shard through `Rc`
+//! and borrow the engine only between awaits, so no lock is ever held across one.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{watch, Notify};
+use tokio::task::AbortHandle;
+
+use super::udp::UdpListener;
+use crate::metrics::DropReason;
+use crate::proto::MAX_MESSAGE_LEN;
+use crate::server::{Engine, FiveTuple, RelayIo, RelayToken, Transport};
+
+/// Datagrams handled per wake-up of a socket before yielding to the shard's other tasks.
+pub const BATCH: usize = 32;
+
+/// Bytes queued for a TCP client beyond which relayed packets are dropped.
+const TCP_QUEUE_LIMIT: usize = 1 << 20;
+
+/// A relay socket as the engine owns it: dropping it stops its reader task, which closes it.
+#[derive(Debug)]
+pub struct RelaySocket {
+    sock: Rc<UdpSocket>,
+    reader: AbortHandle,
+}
+
+impl RelaySocket {
+    pub fn send_to(&self, data: &[u8], peer: SocketAddr) -> io::Result<usize> {
+        self.sock.try_send_to(data, peer)
+    }
+}
+
+impl Drop for RelaySocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The driver side of [`RelayIo`]: binds relay sockets and starts a reader task for each.
+pub struct NetRelay {
+    shard: Weak<Shard>,
+}
+
+impl RelayIo for NetRelay {
+    type Socket = RelaySocket;
+
+    fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<RelaySocket> {
+        let std = super::socket::bind_relay(addr)?;
+        let sock = Rc::new(UdpSocket::from_std(std)?);
+        let reader = tokio::task::spawn_local(relay_reader(self.shard.clone(), sock.clone(), token));
+        Ok(RelaySocket {
+            sock,
+            reader: reader.abort_handle(),
+        })
+    }
+}
+
+/// Data queued for a TCP client by the relay path, flushed by the connection's task.
+#[derive(Default)]
+pub struct TcpOut {
+    pub queue: RefCell<Vec<u8>>,
+    pub notify: Notify,
+}
+
+/// (receive, transmit) buffers shared by every relay socket of a shard.
+type RelayBuffers = (Box<[u8]>, Box<[u8]>);
+
+pub struct Shard {
+    pub engine: RefCell<Engine<NetRelay>>,
+    pub udp: RefCell<Vec<Rc<UdpListener>>>,
+    pub tcp: RefCell<HashMap<FiveTuple, Rc<TcpOut>>>,
+    /// Receive buffer for relay sockets and the buffer their output is framed into.
+    bufs: RefCell<RelayBuffers>,
+    /// The deadline the timer task sleeps until.
+    armed: Cell<Option<Instant>>,
+    timer: Notify,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Shard {
+    pub fn new(make_engine: impl FnOnce(NetRelay) -> Engine<NetRelay>, stop: watch::Receiver<bool>) -> Rc<Shard> {
+        Rc::new_cyclic(|weak| Shard {
+            engine: RefCell::new(make_engine(NetRelay { shard: weak.clone() })),
+            udp: RefCell::new(Vec::new()),
+            tcp: RefCell::new(HashMap::new()),
+            bufs: RefCell::new((
+                vec![0u8; MAX_MESSAGE_LEN].into_boxed_slice(),
+                vec![0u8; MAX_MESSAGE_LEN + 64].into_boxed_slice(),
+            )),
+            armed: Cell::new(None),
+            timer: Notify::new(),
+            stop,
+        })
+    }
+
+    /// Wakes the timer task if the engine's next deadline moved earlier. Called after every
+    /// request, the only thing that changes deadlines.
+    pub fn rearm(&self, engine: &mut Engine<NetRelay>) {
+        let next = engine.poll_timeout();
+        let armed = self.armed.get();
+        if next.is_some() && (armed.is_none() || next < armed) {
+            self.timer.notify_one();
+        }
+    }
+
+    /// Sends bytes to a client on its 5-tuple: through the UDP listener it used, or queued on
+    /// its TCP connection.
+    pub fn send_to_client(&self, tuple: &FiveTuple, bytes: &[u8], engine: &Engine<NetRelay>) {
+        let ok = match tuple.transport {
+            Transport::Udp => {
+                let listeners = self.udp.borrow();
+                let l = listeners
+                    .iter()
+                    .find(|l| l.local == tuple.server)
+                    .or_else(|| listeners.iter().find(|l| l.serves(tuple.server)));
+                l.is_some_and(|l| l.send(tuple, bytes).is_ok())
+            }
+            Transport::Tcp => match self.tcp.borrow().get(tuple) {
+                Some(out) => {
+                    let mut q = out.queue.borrow_mut();
+                    if q.len() + bytes.len() > TCP_QUEUE_LIMIT {
+                        engine.metrics().dropped(DropReason::client_backpressure);
+                        return;
+                    }
+                    q.extend_from_slice(bytes);
+                    out.notify.notify_one();
+                    true
+                }
+                None => false,
+            },
+        };
+        if !ok {
+            engine.metrics().dropped(DropReason::send_failed);
+        }
+    }
+}
+
+/// Runs the engine's timers: sleeps until the next deadline, expires what is due.
+pub async fn timers(shard: Rc<Shard>) {
+    let mut stop = shard.stop.clone();
+    loop {
+        let next = shard.engine.borrow_mut().poll_timeout();
+        shard.armed.set(next);
+        let sleep = async {
+            match next {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => shard.engine.borrow_mut().handle_timeout(Instant::now()),
+            _ = shard.timer.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Receives what peers send to one relay socket and hands it to the engine.
+async fn relay_reader(shard: Weak<Shard>, sock: Rc<UdpSocket>, token: RelayToken) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let Some(shard) = shard.upgrade() else { return };
+        drain_relay(&shard, &sock, token);
+        drop(shard);
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Handles up to a batch of datagrams waiting on a relay socket. Synchronous, so no borrow
+/// spans an await.
+fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) {
+    {
+        for _ in 0..BATCH {
+            let mut bufs = shard.bufs.borrow_mut();
+            let (rx, tx) = &mut *bufs;
+            let (n, peer) = match sock.try_recv_from(rx) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors from earlier sends surface here; they concern one peer only.
+                Err(_) => continue,
+            };
+            let mut engine = shard.engine.borrow_mut();
+            if let Some(out) = engine.handle_peer(Instant::now(), token, peer, &rx[..n], tx) {
+                shard.send_to_client(&out.tuple, &tx[..out.len], &engine);
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! A [`RelayIo`] that binds nothing, for engine tests, benchmarks and fuzzing. It keeps the
+//! set of "open" relay addresses so that tests can check that every socket is released.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use super::relay::{RelayIo, RelayToken};
+
+#[derive(Debug, Default)]
+struct State {
+    open: HashSet<SocketAddr>,
+    binds: u64,
+}
+
+/// Opens pretend relay sockets; an address already open gives `AddrInUse`.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryRelay {
+    state: Rc<RefCell<State>>,
+}
+
+/// A pretend relay socket; dropping it frees its address.
+#[derive(Debug)]
+pub struct MemorySocket {
+    pub addr: SocketAddr,
+    pub token: RelayToken,
+    state: Rc<RefCell<State>>,
+}
+
+impl Drop for MemorySocket {
+    fn drop(&mut self) {
+        self.state.borrow_mut().open.remove(&self.addr);
+    }
+}
+
+impl MemoryRelay {
+    /// Relay sockets open right now.
+    pub fn open_sockets(&self) -> usize {
+        self.state.borrow().open.len()
+    }
+
+    /// Successful binds so far.
+    pub fn binds(&self) -> u64 {
+        self.state.borrow().binds
+    }
+
+    /// Marks `addr` as taken by someone else.
+    pub fn occupy(&self, addr: SocketAddr) {
+        self.state.borrow_mut().open.insert(addr);
+    }
+}
+
+impl RelayIo for MemoryRelay {
+    type Socket = MemorySocket;
+
+    fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<MemorySocket> {
+        let mut s = self.state.borrow_mut();
+        if !s.open.insert(addr) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        s.binds += 1;
+        Ok(MemorySocket {
+            addr,
+            token,
+            state: self.state.clone(),
+        })
+    }
+}
