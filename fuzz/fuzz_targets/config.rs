@@ -8,9 +8,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         match Config::parse(text, Source::Embedded) {
             Ok(c) => {
-                // The effective config is itself a valid config with the same meaning.
+                // The effective config is itself a valid config with the same meaning
+                // (secrets are redacted in it, so compare the printed forms).
                 let again = Config::parse(&c.to_toml(), Source::Embedded).expect("effective config reparses");
-                assert_eq!(c, again);
+                assert_eq!(c.to_toml(), again.to_toml());
             }
             Err(e) => {
                 let _ = e.to_string();

@@ -1,37 +1,133 @@
-//! The engine as a whole: a sequence of packets from a few clients over UDP and TCP. It
-//! never panics, and every answer is a well-formed response to the packet's transaction.
+//! The engine as a whole: a script of operations decoded from the input (authenticated
+//! requests from a few clients, raw packets, peer datagrams, random time steps, TCP closes).
+//! After every step: no panic, every answer well-formed, and the books balance — open relay
+//! sockets, quota and gauges all agree with the allocation table. At the end, time runs out
+//! and everything must be released.
 #![no_main]
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use turnd::auth::{Credentials, NonceKey, RestSecrets, StaticUsers};
 use turnd::metrics::Metrics;
 use turnd::proto::{Class, Message};
-use turnd::server::{Engine, EngineConfig, FiveTuple, Transport};
+use turnd::server::memory::MemoryRelay;
+use turnd::server::testclient::TestClient;
+use turnd::server::{Engine, EngineConfig, FiveTuple, Output, PeerPolicy, PortRange, Shared, Transport, WallClock};
+
+const REALM: &str = "fuzz";
 
 fuzz_target!(|data: &[u8]| {
-    let mut engine = Engine::new(EngineConfig { software: Some("fuzz".into()) }, Arc::new(Metrics::new()));
+    let metrics = Arc::new(Metrics::new());
+    let creds = Credentials {
+        users: StaticUsers::new(REALM, [("u".to_string(), "p".to_string())]),
+        secrets: RestSecrets::default(),
+    };
+    let shared = Arc::new(Shared::new(Arc::new(creds), NonceKey::from_bytes([1; 32]), metrics.clone()));
+    let config = EngineConfig {
+        realm: REALM.into(),
+        relay_addresses: vec![IpAddr::from([10, 0, 0, 1]), "fd00::1".parse().unwrap()],
+        relay_ports: PortRange { first: 40000, last: 40007 },
+        max_allocations_per_user: 6,
+        max_allocations: 8,
+        peers: PeerPolicy::new(vec!["10.0.0.0/8".parse().unwrap()]),
+        software: None,
+        ..EngineConfig::default()
+    };
+    let relay = MemoryRelay::default();
     let start = Instant::now();
-    let mut out = [0u8; 2048];
-    // Input: repeated [selector, len_hi, len_lo, packet...].
-    let mut rest = data;
+    let clock = WallClock { at: start, unix: Duration::from_secs(1_800_000_000) };
+    let mut engine = Engine::new(Arc::new(config), shared.clone(), relay.clone(), clock);
     let mut now = start;
-    while let [sel, hi, lo, tail @ ..] = rest {
-        let len = (usize::from(*hi) << 8 | usize::from(*lo)).min(tail.len());
-        let (packet, next) = tail.split_at(len);
-        rest = next;
-        now += Duration::from_millis(u64::from(sel >> 4) * 250);
-        let tuple = FiveTuple {
-            transport: if sel & 1 == 0 { Transport::Udp } else { Transport::Tcp },
-            client: if sel & 2 == 0 { "192.0.2.1:5000".parse().unwrap() } else { "[2001:db8::1]:6000".parse().unwrap() },
-            server: "198.51.100.1:3478".parse().unwrap(),
+    let mut out = vec![0u8; 70_000];
+    let tuples: Vec<FiveTuple> = (0..4u16)
+        .map(|i| FiveTuple {
+            transport: if i % 2 == 0 { Transport::Udp } else { Transport::Tcp },
+            client: SocketAddr::from(([10, 1, 0, 1], 5000 + i)),
+            server: SocketAddr::from(([10, 0, 0, 1], 3478)),
+        })
+        .collect();
+    let mut clients: Vec<TestClient> = (0..4).map(|_| TestClient::new("u", REALM, "p")).collect();
+    let peers = [SocketAddr::from(([10, 9, 0, 1], 7000)), SocketAddr::from(([192, 168, 0, 1], 7000))];
+
+    let mut rest = data;
+    while let [op, arg, tail @ ..] = rest {
+        let (op, arg) = (*op, *arg);
+        rest = tail;
+        let i = usize::from(arg & 3);
+        let t = tuples[i];
+        let c = &mut clients[i];
+        let peer = peers[usize::from((arg >> 2) & 1)];
+        let packet: Vec<u8> = match op % 12 {
+            0 => c.allocate(),
+            1 => c.refresh(u32::from(arg >> 3) * 60),
+            2 => c.create_permission(&[peer]),
+            3 => c.channel_bind(0x4000 + u16::from(arg >> 3), peer),
+            4 => c.send(peer, &[arg; 3]),
+            5 => TestClient::channel_data(0x4000 + u16::from(arg >> 3), &[arg; 5], t.transport == Transport::Tcp),
+            6 => {
+                now += Duration::from_secs(u64::from(arg) * 7);
+                engine.handle_timeout(now);
+                Vec::new()
+            }
+            7 => {
+                engine.handle_client_closed(now, &t);
+                Vec::new()
+            }
+            8 => {
+                // A datagram from a peer to whichever relay socket exists.
+                let token = engine.allocations().find_map(|a| a.relays.iter().flatten().next().map(|r| r.socket.token));
+                if let Some(token) = token {
+                    if let Some(r) = engine.handle_peer(now, token, peer, &[arg; 4], &mut out) {
+                        assert!(r.len <= out.len());
+                    }
+                }
+                Vec::new()
+            }
+            9 => {
+                c.nonce.clear();
+                Vec::new()
+            }
+            _ => {
+                // Raw bytes from the input.
+                let n = usize::from(arg).min(rest.len());
+                let (raw, tail) = rest.split_at(n);
+                rest = tail;
+                raw.to_vec()
+            }
         };
-        if let Some(n) = engine.handle_client(now, &tuple, packet, &mut out) {
-            let resp = Message::parse(&out[..n]).expect("engine wrote a malformed response");
-            assert!(matches!(resp.class(), Class::Success | Class::Error));
-            let req = Message::parse(packet).expect("engine answered a malformed request");
-            assert_eq!(req.transaction_id(), resp.transaction_id());
+        if !packet.is_empty() {
+            match engine.handle_client(now, &t, &packet, &mut out) {
+                Output::Reply(n) => {
+                    let resp = Message::parse(&out[..n]).expect("engine wrote a malformed response");
+                    assert!(matches!(resp.class(), Class::Success | Class::Error));
+                    let req = Message::parse(&packet).expect("engine answered a malformed request");
+                    assert_eq!(req.transaction_id(), resp.transaction_id());
+                    c.read(&out[..n]);
+                }
+                Output::Relay { data, .. } => assert!(data.len() <= packet.len()),
+                Output::None => {}
+            }
         }
+        // The books balance after every step.
+        let allocations = engine.allocation_count();
+        let sockets: usize = engine.allocations().map(|a| a.relays.iter().flatten().count()).sum();
+        assert_eq!(relay.open_sockets(), sockets, "a relay socket leaked");
+        assert_eq!(shared.quota.total() as usize, allocations, "quota out of step");
+        assert!(allocations <= 4, "more allocations than 5-tuples");
+        let active = metrics.allocations_active(Transport::Udp) + metrics.allocations_active(Transport::Tcp);
+        assert_eq!(active as usize, allocations);
+        let perms: usize = engine.allocations().map(|a| a.permissions.len()).sum();
+        assert_eq!(metrics.permissions_active() as usize, perms);
     }
+    // When time runs out, everything is released.
+    now += Duration::from_secs(4 * 3600);
+    engine.handle_timeout(now);
+    assert_eq!(engine.allocation_count(), 0);
+    assert_eq!(relay.open_sockets(), 0);
+    assert_eq!(shared.quota.total(), 0);
+    assert_eq!(metrics.permissions_active(), 0);
+    assert_eq!(metrics.channels_active(), 0);
 });

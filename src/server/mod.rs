@@ -14,6 +14,7 @@ mod allocation;
 pub mod memory;
 pub mod policy;
 pub mod relay;
+pub mod testclient;
 mod turn;
 
 use std::net::{IpAddr, SocketAddr};
@@ -486,8 +487,11 @@ impl<R: RelayIo> Engine<R> {
         Some(ToClient { tuple, len })
     }
 
-    /// A TCP client connection closed: its allocation ends at once.
+    /// A TCP client connection closed: its allocation ends at once. (UDP has no close.)
     pub fn handle_client_closed(&mut self, now: Instant, tuple: &FiveTuple) {
+        if tuple.transport != Transport::Tcp {
+            return;
+        }
         if let Some(id) = self.table.id_for(tuple) {
             self.end_allocation(now, id, EndReason::TcpClosed);
         }

@@ -1,0 +1,705 @@
+//! TURN engine scenarios in memory, on a virtual clock: no sockets, no sleeps. Every expiry
+//! is checked at its deadline and one tick before.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use turnd::auth::{Credentials, NonceKey, RestSecrets, StaticUsers};
+use turnd::metrics::{AuthFailure, Direction, DropReason, Metrics, TurnMethod};
+use turnd::proto::{AttrType, Class, Message, Method};
+use turnd::server::memory::MemoryRelay;
+use turnd::server::testclient::{Response, TestClient};
+use turnd::server::{
+    Engine, EngineConfig, FiveTuple, Output, PeerPolicy, PortRange, RelayToken, Shared, Transport, WallClock,
+};
+
+const REALM: &str = "test.realm";
+const TICK: Duration = Duration::from_millis(1);
+
+fn tuple(port: u16) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Udp,
+        client: SocketAddr::from(([127, 0, 0, 1], port)),
+        server: SocketAddr::from(([127, 0, 0, 1], 3478)),
+    }
+}
+
+fn peer(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 2], port))
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        realm: REALM.into(),
+        relay_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+        peers: PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]),
+        ..EngineConfig::default()
+    }
+}
+
+fn credentials() -> Credentials {
+    Credentials {
+        users: StaticUsers::new(
+            REALM,
+            [
+                ("alice".to_string(), "wonderland".to_string()),
+                ("bob".to_string(), "builder".to_string()),
+            ],
+        ),
+        secrets: RestSecrets::new(["rest-secret".to_string()]),
+    }
+}
+
+enum Sent {
+    None,
+    Reply(Vec<u8>),
+    Relay {
+        from: SocketAddr,
+        peer: SocketAddr,
+        data: Vec<u8>,
+    },
+}
+
+struct World {
+    engine: Engine<MemoryRelay>,
+    relay: MemoryRelay,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    now: Instant,
+    start: Instant,
+    out: Vec<u8>,
+}
+
+impl World {
+    fn new(config: EngineConfig) -> World {
+        Self::with(config, credentials())
+    }
+
+    fn with(config: EngineConfig, creds: Credentials) -> World {
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(Shared::new(
+            Arc::new(creds),
+            NonceKey::from_bytes([9; 32]),
+            metrics.clone(),
+        ));
+        let relay = MemoryRelay::default();
+        let start = Instant::now();
+        let clock = WallClock {
+            at: start,
+            unix: Duration::from_secs(1_800_000_000),
+        };
+        World {
+            engine: Engine::new(Arc::new(config), shared.clone(), relay.clone(), clock),
+            relay,
+            metrics,
+            shared,
+            now: start,
+            start,
+            out: vec![0u8; 70_000],
+        }
+    }
+
+    fn send(&mut self, t: &FiveTuple, bytes: &[u8]) -> Sent {
+        match self.engine.handle_client(self.now, t, bytes, &mut self.out) {
+            Output::None => Sent::None,
+            Output::Reply(n) => Sent::Reply(self.out[..n].to_vec()),
+            Output::Relay { socket, peer, data } => Sent::Relay {
+                from: socket.addr,
+                peer,
+                data: data.to_vec(),
+            },
+        }
+    }
+
+    /// Sends a request built by `build` once, and reads the answer.
+    fn ask_once(
+        &mut self,
+        c: &mut TestClient,
+        t: &FiveTuple,
+        build: impl FnOnce(&mut TestClient) -> Vec<u8>,
+    ) -> Response {
+        let req = build(c);
+        let Sent::Reply(bytes) = self.send(t, &req) else {
+            panic!("request not answered")
+        };
+        c.read(&bytes)
+    }
+
+    /// Sends a request built by `build`; after a first 401 that teaches the nonce, or a 438
+    /// that renews it, sends it again, as real clients do.
+    fn ask(
+        &mut self,
+        c: &mut TestClient,
+        t: &FiveTuple,
+        mut build: impl FnMut(&mut TestClient) -> Vec<u8>,
+    ) -> Response {
+        let first = c.nonce.is_empty();
+        let req = build(c);
+        let Sent::Reply(bytes) = self.send(t, &req) else {
+            panic!("request not answered")
+        };
+        let r = c.read(&bytes);
+        if (first && r.error == Some(401)) || r.error == Some(438) {
+            let req = build(c);
+            let Sent::Reply(bytes) = self.send(t, &req) else {
+                panic!("request not answered")
+            };
+            return c.read(&bytes);
+        }
+        r
+    }
+
+    fn allocate(&mut self, c: &mut TestClient, t: &FiveTuple) -> Response {
+        self.ask(c, t, |c| c.allocate())
+    }
+
+    fn token(&self, t: &FiveTuple) -> RelayToken {
+        let a = self.engine.allocations().find(|a| a.tuple == *t).expect("allocation");
+        a.relays[0].as_ref().expect("IPv4 relay").socket.token
+    }
+
+    fn from_peer(&mut self, token: RelayToken, from: SocketAddr, data: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
+        let r = self.engine.handle_peer(self.now, token, from, data, &mut self.out)?;
+        Some((r.tuple, self.out[..r.len].to_vec()))
+    }
+
+    /// Moves the clock to `start + at` and runs due timers.
+    fn at(&mut self, at: Duration) {
+        self.now = self.start + at;
+        self.engine.handle_timeout(self.now);
+    }
+}
+
+fn alice() -> TestClient {
+    TestClient::new("alice", REALM, "wonderland")
+}
+
+fn success(r: &Response) {
+    assert_eq!(r.class, Some(Class::Success), "{r:?}");
+    assert!(
+        r.integrity || r.integrity_sha256,
+        "success responses carry integrity: {r:?}"
+    );
+}
+
+#[test]
+fn allocate_needs_a_challenge_then_succeeds_with_integrity() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    let Sent::Reply(bytes) = w.send(&t, &c.allocate()) else {
+        panic!()
+    };
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!(m.class(), Class::Error);
+    assert!(m.get(AttrType::REALM).is_some() && m.get(AttrType::NONCE).is_some());
+    assert!(m.get(AttrType::PASSWORD_ALGORITHMS).is_some());
+    assert!(!m.has_integrity(), "a 401 cannot be signed");
+    assert_eq!(c.read(&bytes).error, Some(401));
+    assert_eq!(w.engine.allocation_count(), 0, "a challenge allocates nothing");
+
+    let r = w.ask(&mut c, &t, |c| c.allocate());
+    success(&r);
+    assert_eq!(r.lifetime, Some(600));
+    assert_eq!(r.mapped, Some(t.client));
+    let relay = r.relayed[0];
+    assert_eq!(relay.ip(), IpAddr::from([127, 0, 0, 1]));
+    assert!(relay.port() >= 49152);
+    assert_eq!(w.relay.open_sockets(), 1);
+    assert_eq!(w.metrics.allocations_active(Transport::Udp), 1);
+    assert_eq!(w.metrics.turn_requests(TurnMethod::allocate, true), 1);
+}
+
+#[test]
+fn allocation_expires_at_its_deadline_and_not_a_tick_before() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    w.at(Duration::from_secs(600) - TICK);
+    assert_eq!(w.engine.allocation_count(), 1);
+    w.at(Duration::from_secs(600));
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.relay.open_sockets(), 0, "relay socket released");
+    assert_eq!(w.shared.quota.total(), 0, "quota released");
+    assert_eq!(w.metrics.allocations_active(Transport::Udp), 0);
+    assert_eq!(w.ask(&mut c, &t, |c| c.refresh(600)).error, Some(437));
+}
+
+#[test]
+fn refresh_extends_and_caps_lifetime_and_zero_deletes() {
+    let mut cfg = config();
+    cfg.max_lifetime = Duration::from_secs(1800);
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    w.at(Duration::from_secs(500));
+    let r = w.ask(&mut c, &t, |c| c.refresh(99_999));
+    success(&r);
+    assert_eq!(r.lifetime, Some(1800), "capped at max_lifetime");
+    let r = w.ask(&mut c, &t, |c| c.refresh(30));
+    assert_eq!(r.lifetime, Some(600), "raised to the default");
+    w.at(Duration::from_secs(500 + 600) - TICK);
+    assert_eq!(w.engine.allocation_count(), 1);
+    let r = w.ask(&mut c, &t, |c| c.refresh(0));
+    success(&r);
+    assert_eq!(r.lifetime, Some(0));
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.relay.open_sockets(), 0);
+}
+
+#[test]
+fn permission_expires_at_five_minutes_and_gates_both_directions() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    let token = w.token(&t);
+    // No permission yet: both directions drop.
+    assert!(w.from_peer(token, peer(7000), b"hi").is_none());
+    assert!(matches!(w.send(&t, &c.send(peer(7000), b"hi")), Sent::None));
+    assert_eq!(w.metrics.dropped_packets(DropReason::no_permission), 2);
+
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    assert_eq!(w.metrics.permissions_active(), 1);
+    // Permissions are per IP: any port of the peer may answer.
+    let (to, bytes) = w.from_peer(token, peer(7001), b"pong").unwrap();
+    assert_eq!(to, t);
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!((m.method(), m.class()), (Method::DATA, Class::Indication));
+    assert_eq!(m.get(AttrType::DATA).unwrap().value, b"pong");
+    let Sent::Relay { peer: p, data, .. } = w.send(&t, &c.send(peer(7000), b"ping")) else {
+        panic!()
+    };
+    assert_eq!((p, data.as_slice()), (peer(7000), &b"ping"[..]));
+
+    w.at(Duration::from_secs(300) - TICK);
+    assert!(w.from_peer(token, peer(7000), b"x").is_some());
+    assert_eq!(w.metrics.permissions_active(), 1);
+    w.at(Duration::from_secs(300));
+    assert!(w.from_peer(token, peer(7000), b"x").is_none());
+    assert_eq!(w.metrics.permissions_active(), 0);
+    assert_eq!(w.metrics.relay_packets(Direction::peer_to_client), 2);
+    assert_eq!(w.metrics.relay_packets(Direction::client_to_peer), 1);
+}
+
+#[test]
+fn channel_binding_lasts_ten_minutes_then_cools_down_five() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.refresh(3600)));
+    let token = w.token(&t);
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    assert_eq!(w.metrics.channels_active(), 1);
+
+    // Peer data arrives as ChannelData; client ChannelData reaches the peer.
+    let (_, bytes) = w.from_peer(token, peer(7000), b"abc").unwrap();
+    assert_eq!(bytes, [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c']);
+    let Sent::Relay { peer: p, data, .. } = w.send(&t, &TestClient::channel_data(0x4001, b"xyz", false)) else {
+        panic!()
+    };
+    assert_eq!((p, data.as_slice()), (peer(7000), &b"xyz"[..]));
+
+    // Rebinding rules: the number keeps its peer, the peer keeps its number.
+    assert_eq!(
+        w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7002))).error,
+        Some(400)
+    );
+    assert_eq!(
+        w.ask(&mut c, &t, |c| c.channel_bind(0x4002, peer(7000))).error,
+        Some(400)
+    );
+
+    // Keep the permission alive with CreatePermission, so only the channel can expire.
+    w.at(Duration::from_secs(280));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    w.at(Duration::from_secs(560));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    w.at(Duration::from_secs(600) - TICK);
+    assert!(matches!(
+        w.send(&t, &TestClient::channel_data(0x4001, b"1", false)),
+        Sent::Relay { .. }
+    ));
+    w.at(Duration::from_secs(600));
+    assert!(matches!(
+        w.send(&t, &TestClient::channel_data(0x4001, b"1", false)),
+        Sent::None
+    ));
+    assert_eq!(w.metrics.channels_active(), 0);
+    // Unbound, so peer data is a Data indication again.
+    let (_, bytes) = w.from_peer(token, peer(7000), b"abc").unwrap();
+    assert_eq!(Message::parse(&bytes).unwrap().method(), Method::DATA);
+    // During the cool-down the number cannot go to another peer...
+    assert_eq!(
+        w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7002))).error,
+        Some(400)
+    );
+    // ...and after it, it can.
+    w.at(Duration::from_secs(600 + 300));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7002))));
+}
+
+#[test]
+fn channel_data_to_tcp_clients_is_padded() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = FiveTuple {
+        transport: Transport::Tcp,
+        ..tuple(5000)
+    };
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4000, peer(7000))));
+    let token = w.token(&t);
+    let (_, bytes) = w.from_peer(token, peer(7000), b"abcde").unwrap();
+    assert_eq!(bytes.len(), 12, "4-byte header, 5 bytes, 3 of padding");
+    assert_eq!(&bytes[9..], &[0, 0, 0]);
+    // Closing the TCP connection frees the allocation at once.
+    w.engine.handle_client_closed(w.now, &t);
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.relay.open_sockets(), 0);
+}
+
+#[test]
+fn stale_nonce_gets_438_with_a_fresh_nonce() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    w.at(Duration::from_secs(599));
+    success(&w.ask(&mut c, &t, |c| c.refresh(600)));
+    w.at(Duration::from_secs(600));
+    let old = c.nonce.clone();
+    let r = w.ask_once(&mut c, &t, |c| c.refresh(600));
+    assert_eq!(r.error, Some(438));
+    assert_ne!(c.nonce, old, "a fresh nonce came with the 438");
+    success(&w.ask(&mut c, &t, |c| c.refresh(600)));
+    assert_eq!(w.metrics.auth_failures(AuthFailure::stale_nonce), 1);
+    // A nonce from another client is not accepted either.
+    let mut other = c.clone();
+    let r = w.ask_once(&mut other, &tuple(5001), |c| c.allocate());
+    assert_eq!(r.error, Some(438));
+    assert_eq!(w.metrics.auth_failures(AuthFailure::invalid_nonce), 1);
+}
+
+#[test]
+fn quotas_per_user_and_in_total() {
+    let mut cfg = config();
+    cfg.max_allocations_per_user = 2;
+    cfg.max_allocations = 3;
+    let mut w = World::new(cfg);
+    for port in [5000, 5001] {
+        success(&w.allocate(&mut alice(), &tuple(port)));
+    }
+    assert_eq!(w.allocate(&mut alice(), &tuple(5002)).error, Some(486));
+    let mut bob = TestClient::new("bob", REALM, "builder");
+    success(&w.allocate(&mut bob, &tuple(6000)));
+    assert_eq!(
+        w.allocate(&mut TestClient::new("bob", REALM, "builder"), &tuple(6001))
+            .error,
+        Some(486)
+    );
+    // Freeing one gives the slot back.
+    assert_eq!(w.ask(&mut bob, &tuple(6000), |c| c.refresh(0)).lifetime, Some(0));
+    success(&w.allocate(&mut TestClient::new("bob", REALM, "builder"), &tuple(6002)));
+}
+
+#[test]
+fn five_tuple_rules_437_and_retransmission() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    let Sent::Reply(challenge) = w.send(&t, &c.allocate()) else {
+        panic!()
+    };
+    assert_eq!(c.read(&challenge).error, Some(401));
+    let tid = turnd::proto::TransactionId([5; 12]);
+    let req = c.request_with_tid(Method::ALLOCATE, tid, |w| {
+        let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    });
+    let Sent::Reply(first) = w.send(&t, &req) else { panic!() };
+    let first = c.read(&first);
+    success(&first);
+    // A retransmission (same transaction) gets the same relayed address again.
+    let Sent::Reply(again) = w.send(&t, &req) else { panic!() };
+    assert_eq!(c.read(&again).relayed, first.relayed);
+    assert_eq!(w.relay.open_sockets(), 1);
+    // A new Allocate on the same 5-tuple is a mismatch.
+    assert_eq!(w.ask(&mut c, &t, |c| c.allocate()).error, Some(437));
+    // Requests from a 5-tuple without an allocation are a mismatch too.
+    let mut c2 = alice();
+    assert_eq!(w.ask(&mut c2, &tuple(5001), |c| c.refresh(600)).error, Some(437));
+    assert_eq!(
+        w.ask(&mut c2, &tuple(5001), |c| c.create_permission(&[peer(1)])).error,
+        Some(437)
+    );
+}
+
+#[test]
+fn other_credentials_on_an_allocation_get_441() {
+    let mut w = World::new(config());
+    let t = tuple(5000);
+    success(&w.allocate(&mut alice(), &t));
+    let mut bob = TestClient::new("bob", REALM, "builder");
+    assert_eq!(
+        w.ask(&mut bob, &t, |c| c.create_permission(&[peer(7000)])).error,
+        Some(441)
+    );
+    assert_eq!(w.metrics.auth_failures(AuthFailure::wrong_credentials), 1);
+}
+
+#[test]
+fn message_integrity_sha256_round_trip() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    c.sha256 = true;
+    let t = tuple(5000);
+    let r = w.allocate(&mut c, &t);
+    assert_eq!(r.class, Some(Class::Success));
+    assert!(r.integrity_sha256, "the response is signed the way the request was");
+    assert!(!r.integrity);
+    // A wrong SHA-256 key fails.
+    let mut bad = TestClient::new("alice", REALM, "nope");
+    bad.sha256 = true;
+    assert_eq!(w.allocate(&mut bad, &tuple(5001)).error, Some(401));
+}
+
+#[test]
+fn authentication_failures_are_counted_by_reason() {
+    let mut w = World::new(config());
+    let r = w.allocate(&mut TestClient::new("alice", REALM, "wrong"), &tuple(1));
+    assert_eq!(r.error, Some(401));
+    let r = w.allocate(&mut TestClient::new("mallory", REALM, "x"), &tuple(2));
+    assert_eq!(r.error, Some(401));
+    // REST: a correctly signed but expired username.
+    let secrets = RestSecrets::new(["rest-secret".to_string()]);
+    let (user, pass) = secrets.mint(1_700_000_000, Some("carol")).unwrap();
+    let r = w.allocate(&mut TestClient::new(&user, REALM, &pass), &tuple(3));
+    assert_eq!(r.error, Some(401));
+    // REST: valid.
+    let (user, pass) = secrets.mint(1_900_000_000, Some("carol")).unwrap();
+    success(&w.allocate(&mut TestClient::new(&user, REALM, &pass), &tuple(4)));
+    assert_eq!(w.metrics.auth_failures(AuthFailure::bad_integrity), 1);
+    assert_eq!(w.metrics.auth_failures(AuthFailure::unknown_user), 1);
+    assert_eq!(w.metrics.auth_failures(AuthFailure::expired_credential), 1);
+}
+
+#[test]
+fn attributes_after_message_integrity_are_ignored() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    // A Refresh asking for 600 s, with LIFETIME 0 appended after MESSAGE-INTEGRITY.
+    let mut req = c.refresh(600);
+    let len = u16::from_be_bytes([req[2], req[3]]) + 8;
+    req[2..4].copy_from_slice(&len.to_be_bytes());
+    req.extend_from_slice(&[0x00, 0x0D, 0x00, 0x04, 0, 0, 0, 0]);
+    let Sent::Reply(bytes) = w.send(&t, &req) else { panic!() };
+    let r = c.read(&bytes);
+    success(&r);
+    assert_eq!(r.lifetime, Some(600));
+    assert_eq!(w.engine.allocation_count(), 1, "the smuggled LIFETIME 0 had no effect");
+}
+
+#[test]
+fn negative_cases_have_their_error_codes() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    // Missing REQUESTED-TRANSPORT: 400. TCP relay: 442. DONT-FRAGMENT: 420.
+    let r = w.ask(&mut c, &t, |c| c.request(Method::ALLOCATE, |_| {}));
+    assert_eq!(r.error, Some(400));
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        })
+    });
+    assert_eq!(r.error, Some(442));
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::DONT_FRAGMENT, &[]);
+        })
+    });
+    assert_eq!(r.error, Some(420));
+    // EVEN-PORT with the reservation bit, and RESERVATION-TOKEN: 508 (no reservations here).
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::EVEN_PORT, &[0x80]);
+        })
+    });
+    assert_eq!(r.error, Some(508));
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::RESERVATION_TOKEN, &[1; 8]);
+        })
+    });
+    assert_eq!(r.error, Some(508));
+    // An IPv6 relay where the server has none: 440.
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        })
+    });
+    assert_eq!(r.error, Some(440));
+    // EVEN-PORT without reservation gives an even port.
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::EVEN_PORT, &[0x00]);
+        })
+    });
+    success(&r);
+    assert_eq!(r.relayed[0].port() % 2, 0);
+    // Peers: denied address 403, other family 443, channel number out of range 400.
+    let denied: SocketAddr = "10.0.0.1:9".parse().unwrap();
+    assert_eq!(w.ask(&mut c, &t, |c| c.create_permission(&[denied])).error, Some(403));
+    let v6: SocketAddr = "[::1]:9".parse().unwrap();
+    assert_eq!(w.ask(&mut c, &t, |c| c.create_permission(&[v6])).error, Some(443));
+    assert_eq!(w.ask(&mut c, &t, |c| c.channel_bind(0x3FFF, peer(1))).error, Some(400));
+    assert_eq!(w.ask(&mut c, &t, |c| c.channel_bind(0x5000, peer(1))).error, Some(400));
+    // All-or-nothing: one denied peer means no permission at all.
+    assert_eq!(
+        w.ask(&mut c, &t, |c| c.create_permission(&[peer(1), denied])).error,
+        Some(403)
+    );
+    assert_eq!(w.metrics.permissions_active(), 0);
+    assert_eq!(w.metrics.turn_requests(TurnMethod::allocate, false), 6);
+}
+
+#[test]
+fn legacy_channel_numbers_are_opt_in() {
+    let mut cfg = config();
+    cfg.max_channel = turnd::proto::ChannelNumber::RFC5766_MAX;
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x7000, peer(7000))));
+    assert!(matches!(
+        w.send(&t, &TestClient::channel_data(0x7000, b"x", false)),
+        Sent::Relay { .. }
+    ));
+}
+
+#[test]
+fn peer_policy_refuses_loopback_and_mapped_forms_by_default() {
+    let mut cfg = config();
+    cfg.peers = PeerPolicy::default();
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    for p in ["127.0.0.1:9", "0.0.0.0:9", "192.168.1.1:9", "169.254.169.254:80"] {
+        let p: SocketAddr = p.parse().unwrap();
+        assert_eq!(w.ask(&mut c, &t, |c| c.create_permission(&[p])).error, Some(403), "{p}");
+        assert_eq!(w.ask(&mut c, &t, |c| c.channel_bind(0x4000, p)).error, Some(403), "{p}");
+        assert!(matches!(w.send(&t, &c.send(p, b"x")), Sent::None), "{p}");
+    }
+    // The v4-mapped loopback is judged as 127.0.0.1 (and as IPv4: 403 before 443).
+    let mapped: SocketAddr = "[::ffff:127.0.0.1]:9".parse().unwrap();
+    assert_eq!(w.ask(&mut c, &t, |c| c.create_permission(&[mapped])).error, Some(403));
+}
+
+#[test]
+fn dual_allocation_with_additional_address_family() {
+    let mut cfg = config();
+    cfg.relay_addresses = vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()];
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        })
+    });
+    success(&r);
+    assert_eq!(r.relayed.len(), 2);
+    assert!(r.relayed[0].is_ipv4() && r.relayed[1].is_ipv6());
+    assert_eq!(w.relay.open_sockets(), 2);
+    // Both families of peer are now acceptable.
+    success(&w.ask(&mut c, &t, |c| {
+        c.create_permission(&[peer(1), "[::1]:9".parse().unwrap()])
+    }));
+    // Both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY: 400.
+    let r = w.ask(&mut alice(), &tuple(5001), |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+            let _ = w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        })
+    });
+    assert_eq!(r.error, Some(400));
+}
+
+#[test]
+fn small_port_pool_is_exhausted_then_fully_reused() {
+    let mut cfg = config();
+    cfg.relay_ports = PortRange {
+        first: 50000,
+        last: 50003,
+    };
+    cfg.max_allocations_per_user = 1000;
+    let mut w = World::new(cfg);
+    let mut clients: Vec<(TestClient, FiveTuple)> = Vec::new();
+    for i in 0..4 {
+        let mut c = alice();
+        let t = tuple(6000 + i);
+        success(&w.allocate(&mut c, &t));
+        clients.push((c, t));
+    }
+    assert_eq!(w.allocate(&mut alice(), &tuple(7000)).error, Some(508));
+    for (c, t) in &mut clients {
+        assert_eq!(w.ask(c, t, |c| c.refresh(0)).lifetime, Some(0));
+    }
+    assert_eq!(w.relay.open_sockets(), 0);
+    // Ten times the pool, allocated and freed, in every way an allocation can end.
+    for round in 0..40u16 {
+        let mut c = alice();
+        let t = FiveTuple {
+            transport: if round % 2 == 0 { Transport::Udp } else { Transport::Tcp },
+            ..tuple(8000 + round)
+        };
+        success(&w.allocate(&mut c, &t));
+        match round % 3 {
+            0 => assert_eq!(w.ask(&mut c, &t, |c| c.refresh(0)).lifetime, Some(0)),
+            1 => w.engine.handle_client_closed(w.now, &t),
+            _ => {
+                let at = w.now + Duration::from_secs(600);
+                w.at(at - w.start);
+            }
+        }
+        if round % 3 == 1 && t.transport == Transport::Udp {
+            // A UDP "close" is not a thing: end it by refresh instead.
+            assert_eq!(w.ask(&mut c, &t, |c| c.refresh(0)).lifetime, Some(0));
+        }
+        assert_eq!(w.relay.open_sockets(), 0, "round {round}");
+    }
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.shared.quota.total(), 0);
+    assert_eq!(
+        w.metrics.allocations_active(Transport::Udp) + w.metrics.allocations_active(Transport::Tcp),
+        0
+    );
+    for i in 0..4 {
+        success(&w.allocate(&mut alice(), &tuple(9000 + i)));
+    }
+    assert!(w.engine.timer_entries() < 200, "timer heap stays bounded");
+}
+
+#[test]
+fn no_credentials_means_no_relay() {
+    let mut w = World::with(config(), Credentials::default());
+    let mut c = alice();
+    let r = w.ask(&mut c, &tuple(5000), |c| c.allocate());
+    assert_eq!(r.error, Some(403));
+    assert_eq!(w.engine.allocation_count(), 0);
+}
