@@ -159,7 +159,7 @@ impl World {
         a.relays[0].as_ref().expect("IPv4 relay").socket.token
     }
 
-    fn from_peer(&mut self, token: RelayToken, from: SocketAddr, data: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
+    fn peer_sends(&mut self, token: RelayToken, from: SocketAddr, data: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
         let r = self.engine.handle_peer(self.now, token, from, data, &mut self.out)?;
         Some((r.tuple, self.out[..r.len].to_vec()))
     }
@@ -258,14 +258,15 @@ fn permission_expires_at_five_minutes_and_gates_both_directions() {
     success(&w.allocate(&mut c, &t));
     let token = w.token(&t);
     // No permission yet: both directions drop.
-    assert!(w.from_peer(token, peer(7000), b"hi").is_none());
+    assert!(w.peer_sends(token, peer(7000), b"hi").is_none());
     assert!(matches!(w.send(&t, &c.send(peer(7000), b"hi")), Sent::None));
     assert_eq!(w.metrics.dropped_packets(DropReason::no_permission), 2);
 
+    let relay_addr = w.engine.allocations().next().unwrap().relays[0].as_ref().unwrap().bound;
     success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
     assert_eq!(w.metrics.permissions_active(), 1);
     // Permissions are per IP: any port of the peer may answer.
-    let (to, bytes) = w.from_peer(token, peer(7001), b"pong").unwrap();
+    let (to, bytes) = w.peer_sends(token, peer(7001), b"pong").unwrap();
     assert_eq!(to, t);
     let m = Message::parse(&bytes).unwrap();
     assert_eq!((m.method(), m.class()), (Method::DATA, Class::Indication));
@@ -276,10 +277,10 @@ fn permission_expires_at_five_minutes_and_gates_both_directions() {
     assert_eq!((p, data.as_slice()), (peer(7000), &b"ping"[..]));
 
     w.at(Duration::from_secs(300) - TICK);
-    assert!(w.from_peer(token, peer(7000), b"x").is_some());
+    assert!(w.peer_sends(token, peer(7000), b"x").is_some());
     assert_eq!(w.metrics.permissions_active(), 1);
     w.at(Duration::from_secs(300));
-    assert!(w.from_peer(token, peer(7000), b"x").is_none());
+    assert!(w.peer_sends(token, peer(7000), b"x").is_none());
     assert_eq!(w.metrics.permissions_active(), 0);
     assert_eq!(w.metrics.relay_packets(Direction::peer_to_client), 2);
     assert_eq!(w.metrics.relay_packets(Direction::client_to_peer), 1);
@@ -297,7 +298,7 @@ fn channel_binding_lasts_ten_minutes_then_cools_down_five() {
     assert_eq!(w.metrics.channels_active(), 1);
 
     // Peer data arrives as ChannelData; client ChannelData reaches the peer.
-    let (_, bytes) = w.from_peer(token, peer(7000), b"abc").unwrap();
+    let (_, bytes) = w.peer_sends(token, peer(7000), b"abc").unwrap();
     assert_eq!(bytes, [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c']);
     let Sent::Relay { peer: p, data, .. } = w.send(&t, &TestClient::channel_data(0x4001, b"xyz", false)) else {
         panic!()
@@ -331,7 +332,7 @@ fn channel_binding_lasts_ten_minutes_then_cools_down_five() {
     ));
     assert_eq!(w.metrics.channels_active(), 0);
     // Unbound, so peer data is a Data indication again.
-    let (_, bytes) = w.from_peer(token, peer(7000), b"abc").unwrap();
+    let (_, bytes) = w.peer_sends(token, peer(7000), b"abc").unwrap();
     assert_eq!(Message::parse(&bytes).unwrap().method(), Method::DATA);
     // During the cool-down the number cannot go to another peer...
     assert_eq!(
@@ -354,7 +355,7 @@ fn channel_data_to_tcp_clients_is_padded() {
     success(&w.allocate(&mut c, &t));
     success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4000, peer(7000))));
     let token = w.token(&t);
-    let (_, bytes) = w.from_peer(token, peer(7000), b"abcde").unwrap();
+    let (_, bytes) = w.peer_sends(token, peer(7000), b"abcde").unwrap();
     assert_eq!(bytes.len(), 12, "4-byte header, 5 bytes, 3 of padding");
     assert_eq!(&bytes[9..], &[0, 0, 0]);
     // Closing the TCP connection frees the allocation at once.
