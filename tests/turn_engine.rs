@@ -271,10 +271,10 @@ fn permission_expires_at_five_minutes_and_gates_both_directions() {
     let m = Message::parse(&bytes).unwrap();
     assert_eq!((m.method(), m.class()), (Method::DATA, Class::Indication));
     assert_eq!(m.get(AttrType::DATA).unwrap().value, b"pong");
-    let Sent::Relay { peer: p, data, .. } = w.send(&t, &c.send(peer(7000), b"ping")) else {
+    let Sent::Relay { from, peer: p, data } = w.send(&t, &c.send(peer(7000), b"ping")) else {
         panic!()
     };
-    assert_eq!((p, data.as_slice()), (peer(7000), &b"ping"[..]));
+    assert_eq!((from, p, data.as_slice()), (relay_addr, peer(7000), &b"ping"[..]));
 
     w.at(Duration::from_secs(300) - TICK);
     assert!(w.peer_sends(token, peer(7000), b"x").is_some());
