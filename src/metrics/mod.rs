@@ -80,6 +80,11 @@ label_enum! {
 }
 
 label_enum! {
+    /// How relayed data was framed on the client side (`turnd_relay_framing_total{framing}`).
+    Framing { send_indication, data_indication, channel_data }
+}
+
+label_enum! {
     TransportLabel { udp, tcp }
 }
 
@@ -106,6 +111,11 @@ struct AuthLabels {
 struct RequestLabels {
     method: TurnMethod,
     result: ResultLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FramingLabels {
+    framing: Framing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -137,6 +147,7 @@ pub struct Metrics {
     channels_active: Gauge,
     relay_packets: [Counter; 2],
     relay_bytes: [Counter; 2],
+    framing: Vec<Counter>,
     dropped: Vec<Counter>,
     allocation_duration: Histogram,
     connections_refused: Counter,
@@ -191,6 +202,12 @@ impl Metrics {
             "Application bytes relayed, by direction",
             bytes.clone(),
         );
+        let framing = Family::<FramingLabels, Counter>::default();
+        r.register(
+            "turnd_relay_framing",
+            "Relayed packets by client-side framing: Send/Data indications or ChannelData",
+            framing.clone(),
+        );
         let dropped = Family::<DropLabels, Counter>::default();
         r.register(
             "turnd_dropped_packets",
@@ -238,6 +255,10 @@ impl Metrics {
             channels_active,
             relay_packets: by_direction(&packets),
             relay_bytes: by_direction(&bytes),
+            framing: Framing::ALL
+                .iter()
+                .map(|&f| framing.get_or_create(&FramingLabels { framing: f }).clone())
+                .collect(),
             dropped: DropReason::ALL
                 .iter()
                 .map(|&reason| dropped.get_or_create(&DropLabels { reason }).clone())
@@ -311,6 +332,15 @@ impl Metrics {
     pub fn relayed(&self, d: Direction, bytes: usize) {
         self.relay_packets[d as usize].inc();
         self.relay_bytes[d as usize].inc_by(bytes as u64);
+    }
+
+    /// Counts one relayed packet by its client-side framing.
+    pub fn framed(&self, f: Framing) {
+        self.framing[f as usize].inc();
+    }
+
+    pub fn framing(&self, f: Framing) -> u64 {
+        self.framing[f as usize].get()
     }
 
     pub fn relay_packets(&self, d: Direction) -> u64 {

@@ -473,8 +473,10 @@ impl<R: RelayIo> Engine<R> {
         let tuple = a.tuple;
         let len = if let Some(ch) = a.channel_for(peer, now) {
             let channel = crate::proto::ChannelNumber::new(ch)?;
+            metrics.framed(crate::metrics::Framing::channel_data);
             ChannelData::encode(channel, data, tuple.transport == Transport::Tcp, out)?
         } else {
+            metrics.framed(crate::metrics::Framing::data_indication);
             let typ = MessageType::new(Method::DATA, Class::Indication);
             let mut w = MessageWriter::new(out, typ, next_tid).ok()?;
             w.xor_address(AttrType::XOR_PEER_ADDRESS, peer).ok()?;
@@ -588,6 +590,7 @@ impl<R: RelayIo> Engine<R> {
         a.traffic.to_peer_packets += 1;
         a.traffic.to_peer_bytes += cd.data.len() as u64;
         metrics.relayed(crate::metrics::Direction::client_to_peer, cd.data.len());
+        metrics.framed(crate::metrics::Framing::channel_data);
         match &a.relays[allocation::family_index(peer.ip())] {
             Some(r) => Output::Relay {
                 socket: &r.socket,

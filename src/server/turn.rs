@@ -738,6 +738,7 @@ impl<R: RelayIo> Engine<R> {
         a.traffic.to_peer_packets += 1;
         a.traffic.to_peer_bytes += data.value.len() as u64;
         metrics.relayed(crate::metrics::Direction::client_to_peer, data.value.len());
+        metrics.framed(crate::metrics::Framing::send_indication);
         match &a.relays[family_index(peer.ip())] {
             Some(r) => Output::Relay {
                 socket: &r.socket,

@@ -213,3 +213,74 @@ pub fn malformed_table() -> Vec<(&'static str, Vec<u8>)> {
         ),
     ]
 }
+
+/// A config for TURN tests: loopback listeners on port 0, relays on 127.0.0.1 and ::1,
+/// loopback peers allowed, one user and one REST secret.
+pub fn turn_config(extra: &str) -> String {
+    format!(
+        r#"realm = "test.turnd"
+{extra}
+[[listen]]
+address = "127.0.0.1:0"
+protocols = ["udp", "tcp"]
+
+[[listen]]
+address = "[::1]:0"
+protocols = ["udp", "tcp"]
+
+[relay]
+addresses = ["127.0.0.1", "::1"]
+
+[auth]
+secrets = ["rest-secret"]
+[[auth.users]]
+name = "alice"
+password = "wonderland"
+
+[peers]
+allow = ["127.0.0.0/8", "::1"]
+"#
+    )
+}
+
+/// The in-process server on real sockets, with its metric handles.
+pub struct InProcess {
+    pub server: Option<turnd::net::Server>,
+    pub metrics: std::sync::Arc<turnd::metrics::Metrics>,
+}
+
+impl InProcess {
+    pub fn start(config: &str) -> InProcess {
+        let config = turnd::config::Config::parse(config, turnd::config::Source::Embedded).unwrap();
+        let metrics = std::sync::Arc::new(turnd::metrics::Metrics::new());
+        let shared = turnd::server::Shared::new(
+            std::sync::Arc::new(config.credentials()),
+            turnd::auth::NonceKey::random().unwrap(),
+            metrics.clone(),
+        );
+        let server = turnd::net::Server::start(&config, std::sync::Arc::new(shared)).unwrap();
+        InProcess {
+            server: Some(server),
+            metrics,
+        }
+    }
+
+    pub fn addr(&self, transport: turnd::server::Transport, v6: bool) -> SocketAddr {
+        self.server
+            .as_ref()
+            .unwrap()
+            .bound()
+            .iter()
+            .find(|b| b.transport == transport && b.address.is_ipv6() == v6)
+            .unwrap()
+            .address
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! TURN interop with clients nobody here wrote, over real loopback sockets: the webrtc-rs
+//! `turn` client (in process, so the test can read turnd's counters) and coturn's
+//! `turnutils_uclient` with `turnutils_peer` (against the real binary).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{turn_config, InProcess, Turnd};
+use turnd::metrics::{Direction, Framing, TurnMethod};
+use turnd::server::Transport;
+use webrtc_util::Conn;
+
+async fn echo_peer(v6: bool) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })
+        .await
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+async fn round_trip(relay: &impl Conn, peer: SocketAddr, payload: &[u8]) {
+    relay.send_to(payload, peer).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut buf))
+        .await
+        .expect("echo did not come back through the relay")
+        .unwrap();
+    assert_eq!(from, peer);
+    assert_eq!(&buf[..n], payload);
+}
+
+async fn webrtc_client(server: SocketAddr, v6: bool) -> turn::client::Client {
+    let conn = tokio::net::UdpSocket::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })
+        .await
+        .unwrap();
+    let cfg = turn::client::ClientConfig {
+        stun_serv_addr: server.to_string(),
+        turn_serv_addr: server.to_string(),
+        username: "alice".into(),
+        password: "wonderland".into(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    };
+    let client = turn::client::Client::new(cfg).await.unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
+/// `v6` picks the client's transport to turnd. The relay is IPv4 either way: without
+/// REQUESTED-ADDRESS-FAMILY, RFC 8656 §7.2 allocates IPv4.
+async fn webrtc_send_then_channel(v6: bool) {
+    let turnd = InProcess::start(&turn_config("threads = 1"));
+    let m = turnd.metrics.clone();
+    let peer = echo_peer(false).await;
+    let client = webrtc_client(turnd.addr(Transport::Udp, v6), v6).await;
+    let relay = client.allocate().await.expect("allocate");
+    let relayed = relay.local_addr().unwrap();
+    assert!(relayed.is_ipv4() && relayed.ip().is_loopback(), "{relayed}");
+    assert_eq!(m.allocations_active(Transport::Udp), 1);
+
+    // The first packet goes out as a Send indication while the client binds a channel.
+    round_trip(&relay, peer, b"first, by Send indication").await;
+    assert!(m.framing(Framing::send_indication) >= 1);
+
+    // Once the client has its channel, it switches to ChannelData.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "the client never switched to ChannelData");
+        let sends = m.framing(Framing::send_indication);
+        round_trip(&relay, peer, b"warming up").await;
+        if m.framing(Framing::send_indication) == sends {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(m.turn_requests(TurnMethod::channel_bind, true), 1);
+    let before = m.framing(Framing::channel_data);
+    let sends_before = m.framing(Framing::send_indication);
+    for i in 0..20u8 {
+        round_trip(&relay, peer, &[i; 100]).await;
+    }
+    let sent = m.framing(Framing::channel_data) - before;
+    assert_eq!(sent, 40, "20 each way as ChannelData");
+    assert_eq!(m.framing(Framing::send_indication), sends_before);
+    assert!(m.relay_packets(Direction::client_to_peer) >= 21);
+    assert!(m.relay_packets(Direction::peer_to_client) >= 21);
+    relay.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_turn_client_over_udp_ipv4() {
+    webrtc_send_then_channel(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_turn_client_over_udp_ipv6() {
+    webrtc_send_then_channel(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_turn_client_with_a_wrong_password_gets_no_allocation() {
+    let turnd = InProcess::start(&turn_config("threads = 1"));
+    let conn = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = turnd.addr(Transport::Udp, false).to_string();
+    let cfg = turn::client::ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username: "alice".into(),
+        password: "not-the-password".into(),
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(conn),
+        vnet: None,
+    };
+    let client = turn::client::Client::new(cfg).await.unwrap();
+    client.listen().await.unwrap();
+    assert!(client.allocate().await.is_err());
+    assert_eq!(turnd.metrics.allocations_active(Transport::Udp), 0);
+    assert_eq!(
+        turnd.metrics.auth_failures(turnd::metrics::AuthFailure::bad_integrity),
+        1
+    );
+    client.close().await.unwrap();
+}
+
+/// Parses coturn uclient's summary lines.
+struct UclientTotals {
+    sent_msgs: u64,
+    recv_msgs: u64,
+    sent_bytes: u64,
+    recv_bytes: u64,
+    lost: u64,
+}
+
+fn number_after(text: &str, key: &str) -> u64 {
+    let start = text
+        .rfind(key)
+        .unwrap_or_else(|| panic!("{key} missing in uclient output:\n{text}"))
+        + key.len();
+    text[start..]
+        .trim_start_matches([' ', '~'])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn uclient(args: &[&str]) -> UclientTotals {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("turnutils_uclient")
+        .args(args)
+        .output()
+        .expect("turnutils_uclient missing: install Debian's coturn package (bash .ci/deps)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    UclientTotals {
+        sent_msgs: number_after(&text, "tot_send_msgs="),
+        recv_msgs: number_after(&text, "tot_recv_msgs="),
+        sent_bytes: number_after(&text, "tot_send_bytes"),
+        recv_bytes: number_after(&text, "tot_recv_bytes"),
+        lost: number_after(&text, "Total lost packets"),
+    }
+}
+
+struct Peer(std::process::Child, u16);
+
+impl Peer {
+    fn start() -> Peer {
+        // turnutils_peer echoes on the port it is given; pick a free one.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("turnutils_peer")
+            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("turnutils_peer missing: install Debian's coturn package (bash .ci/deps)");
+        std::thread::sleep(Duration::from_millis(200));
+        Peer(child, port)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// coturn's client picks channel numbers from RFC 5766's wider range, so these runs turn on
+/// `relay.legacy_channel_numbers`; `-c` leaves out RTCP port pairs (EVEN-PORT reservations).
+fn coturn_run(flags: &[&str], rest: bool) {
+    let t = Turnd::start(&turn_config("threads = 2").replace("[relay]\n", "[relay]\nlegacy_channel_numbers = true\n"));
+    let peer = Peer::start();
+    let tcp = flags.contains(&"-t");
+    let server = if tcp { t.tcp[0] } else { t.udp[0] };
+    let port = server.port().to_string();
+    let peer_port = peer.1.to_string();
+    let (messages, clients, size) = (40u64, 3u64, 120u64);
+    let mut args: Vec<&str> = flags.to_vec();
+    let n = messages.to_string();
+    let m = clients.to_string();
+    let l = size.to_string();
+    args.extend([
+        "-c",
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_port,
+        "-p",
+        &port,
+        "-n",
+        &n,
+        "-m",
+        &m,
+        "-l",
+        &l,
+    ]);
+    if rest {
+        args.extend(["-W", "rest-secret"]);
+    } else {
+        args.extend(["-u", "alice", "-w", "wonderland"]);
+    }
+    args.push("127.0.0.1");
+    let totals = uclient(&args);
+    assert_eq!(totals.sent_msgs, messages * clients, "{flags:?}");
+    assert_eq!(totals.recv_msgs, messages * clients, "{flags:?}");
+    assert_eq!(totals.sent_bytes, messages * clients * size, "{flags:?}");
+    assert_eq!(totals.recv_bytes, messages * clients * size, "{flags:?}");
+    assert_eq!(totals.lost, 0, "{flags:?}");
+}
+
+#[test]
+fn coturn_uclient_udp_channels() {
+    coturn_run(&[], false);
+}
+
+#[test]
+fn coturn_uclient_tcp_channels() {
+    coturn_run(&["-t"], false);
+}
+
+#[test]
+fn coturn_uclient_send_indications() {
+    coturn_run(&["-s"], false);
+}
+
+#[test]
+fn coturn_uclient_tcp_send_indications() {
+    coturn_run(&["-t", "-s"], false);
+}
+
+#[test]
+fn coturn_uclient_rest_credentials() {
+    coturn_run(&[], true);
+}
