@@ -1,0 +1,77 @@
+//! The browser path: headless Chromium (Debian's `chromium`, driven by playwright-core from
+//! tests/browser) opens a data channel between two RTCPeerConnections with
+//! `iceTransportPolicy: "relay"` through the real `turnd` binary.
+
+mod common;
+
+use std::process::Command;
+
+use common::{turn_config, Turnd};
+
+fn chromium(ice_server: serde_json::Value, messages: u32) -> serde_json::Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new(dir).join("node_modules/playwright-core").exists(),
+        "playwright-core missing: run `bash .ci/deps` (npm ci in tests/browser)"
+    );
+    let out = Command::new("timeout")
+        .args([
+            "90",
+            "node",
+            "relay.mjs",
+            &ice_server.to_string(),
+            &messages.to_string(),
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("node missing");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn relay_through(transport: &str) {
+    let t = Turnd::start(&turn_config("threads = 2"));
+    let port = if transport == "tcp" {
+        t.tcp[0].port()
+    } else {
+        t.udp[0].port()
+    };
+    let ice = serde_json::json!({
+        "urls": format!("turn:127.0.0.1:{port}?transport={transport}"),
+        "username": "alice",
+        "credential": "wonderland",
+    });
+    let r = chromium(ice, 10);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["received"].as_array().map(Vec::len), Some(10), "{r}");
+    assert!(!r["relayCandidates"]["a"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(r["pair"]["localType"], "relay", "{r}");
+    assert_eq!(r["pair"]["relayProtocol"], transport, "{r}");
+}
+
+#[test]
+fn chromium_data_channel_through_turn_over_udp() {
+    relay_through("udp");
+}
+
+#[test]
+fn chromium_data_channel_through_turn_over_tcp() {
+    relay_through("tcp");
+}
+
+#[test]
+fn chromium_with_a_wrong_password_gets_no_relay_candidate() {
+    let t = Turnd::start(&turn_config("threads = 1"));
+    let ice = serde_json::json!({
+        "urls": format!("turn:127.0.0.1:{}?transport=udp", t.udp[0].port()),
+        "username": "alice",
+        "credential": "not-the-password",
+    });
+    let r = chromium(ice, 0);
+    assert_eq!(r["relayCandidates"]["a"].as_array().map(Vec::len), Some(0), "{r}");
+    assert_eq!(r["relayCandidates"]["b"].as_array().map(Vec::len), Some(0), "{r}");
+}
