@@ -102,5 +102,79 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec);
+/// The relay hot path: a bound channel, then ChannelData client → peer (parse 4 bytes,
+/// look up the 5-tuple, the channel and the permission) and peer → client (permission,
+/// channel, frame).
+fn channel_data(c: &mut Criterion) {
+    use turnd::auth::{Credentials, NonceKey, RestSecrets, StaticUsers};
+    use turnd::server::testclient::TestClient;
+    use turnd::server::{Output, PeerPolicy};
+
+    let creds = Credentials {
+        users: StaticUsers::new("bench", [("u".to_string(), "p".to_string())]),
+        secrets: RestSecrets::default(),
+    };
+    let shared = Arc::new(Shared::new(
+        Arc::new(creds),
+        NonceKey::from_bytes([3; 32]),
+        Arc::new(Metrics::new()),
+    ));
+    let config = EngineConfig {
+        realm: "bench".into(),
+        relay_addresses: vec!["10.0.0.1".parse().unwrap()],
+        peers: PeerPolicy::new(vec!["10.0.0.0/8".parse().unwrap()]),
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(Arc::new(config), shared, MemoryRelay::default(), WallClock::now());
+    let tuple = FiveTuple {
+        transport: Transport::Udp,
+        client: "203.0.113.9:54321".parse().unwrap(),
+        server: "10.0.0.1:3478".parse().unwrap(),
+    };
+    let peer: std::net::SocketAddr = "10.9.9.9:40000".parse().unwrap();
+    let now = Instant::now();
+    let mut out = vec![0u8; 4096];
+    let mut client = TestClient::new("u", "bench", "p");
+    // Allocate twice (the first teaches the nonce), then bind the channel.
+    for step in 0..3 {
+        let req = match step {
+            0 | 1 => client.allocate(),
+            _ => client.channel_bind(0x4000, peer),
+        };
+        if let Output::Reply(n) = engine.handle_client(now, &tuple, &req, &mut out) {
+            let bytes = out[..n].to_vec();
+            client.read(&bytes);
+        }
+    }
+    let token = engine
+        .allocations()
+        .next()
+        .and_then(|a| a.relays[0].as_ref())
+        .map(|r| r.socket.token)
+        .unwrap();
+
+    let mut g = c.benchmark_group("relay");
+    g.throughput(Throughput::Elements(1));
+    let packet = TestClient::channel_data(0x4000, &[7u8; 100], false);
+    let mut out = vec![0u8; 4096];
+    g.bench_function("channel_data_client_to_peer_100B", |b| {
+        b.iter(|| {
+            matches!(
+                engine.handle_client(now, &tuple, black_box(&packet), &mut out),
+                Output::Relay { .. }
+            )
+        })
+    });
+    let payload = [7u8; 100];
+    g.bench_function("channel_data_peer_to_client_100B", |b| {
+        b.iter(|| {
+            engine
+                .handle_peer(now, token, peer, black_box(&payload), &mut out)
+                .map(|t| t.len)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, channel_data);
 criterion_main!(benches);
