@@ -704,3 +704,21 @@ fn no_credentials_means_no_relay() {
     assert_eq!(r.error, Some(403));
     assert_eq!(w.engine.allocation_count(), 0);
 }
+
+#[test]
+fn relay_external_is_advertised_while_the_socket_binds_locally() {
+    let mut cfg = config();
+    cfg.relay_external = vec!["203.0.113.5".parse().unwrap()];
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    let r = w.allocate(&mut c, &t);
+    success(&r);
+    let a = w.engine.allocations().next().unwrap();
+    let relay = a.relays[0].as_ref().unwrap();
+    assert_eq!(
+        r.relayed,
+        vec![SocketAddr::new("203.0.113.5".parse().unwrap(), relay.bound.port())]
+    );
+    assert_eq!(relay.bound.ip(), IpAddr::from([127, 0, 0, 1]));
+}
