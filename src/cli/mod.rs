@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::{CredentialSource, NonceKey};
 use crate::config::{Config, LogFormat};
+use crate::metrics::http::Health;
 use crate::metrics::Metrics;
 use crate::net::Server;
 use crate::server::Shared;
@@ -16,7 +17,7 @@ use crate::server::Shared;
 #[derive(Debug, Parser)]
 #[command(
     name = "turnd",
-    version,
+    version = crate::metrics::VERSION,
     about,
     propagate_version = true,
     arg_required_else_help = true
@@ -75,6 +76,15 @@ fn init_logging(config: &Config) {
 fn serve(config: Config) -> ExitCode {
     init_logging(&config);
     let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let metrics_listener = match config.metrics_listen.map(bind_http).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let nonce_key = match NonceKey::random() {
         Ok(k) => k,
         Err(e) => {
@@ -84,7 +94,7 @@ fn serve(config: Config) -> ExitCode {
     };
     let credentials = config.credentials();
     let relaying = credentials.is_configured();
-    let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key, metrics));
+    let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key, metrics.clone()));
     let server = match Server::start(&config, shared) {
         Ok(s) => s,
         Err(e) => {
@@ -98,6 +108,11 @@ fn serve(config: Config) -> ExitCode {
     }
     for b in server.bound() {
         tracing::info!(transport = %b.transport.as_str(), address = %b.address, "listening");
+    }
+    if let Some(l) = &metrics_listener {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(transport = "http", address = %a, "listening");
+        }
     }
     if relaying {
         tracing::info!(
@@ -121,10 +136,31 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let signal = rt.block_on(wait_for_signal());
+    health.up.store(true, std::sync::atomic::Ordering::Relaxed);
+    let signal = rt.block_on(async {
+        if let Some(l) = metrics_listener {
+            match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => {
+                    tokio::spawn(crate::metrics::http::serve(l, metrics.clone(), health.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot serve metrics"),
+            }
+        }
+        wait_for_signal().await
+    });
     tracing::info!(signal, "shutting down");
     server.stop();
     ExitCode::SUCCESS
+}
+
+/// Binds the metrics listener before the server reports ready, so a taken port is a start
+/// error.
+fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
+    let l =
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on http {addr} (metrics.listen): {e}"))?;
+    l.set_nonblocking(true)
+        .map_err(|e| format!("cannot listen on http {addr}: {e}"))?;
+    Ok(l)
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -162,6 +162,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `peers.allow`: exceptions to the built-in deny list.
     pub peers_allow: Vec<IpNet>,
+    /// `metrics.listen`: where `/metrics` and `/healthz` are served; `None` serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
     pub log: LogConfig,
 }
 
@@ -195,7 +197,16 @@ struct RawConfig {
     #[serde(default)]
     peers: Option<RawPeers>,
     #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
     log: Option<RawLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -393,6 +404,19 @@ impl Config {
             peers_allow.push(net.trunc());
         }
 
+        let metrics_listen = match raw.metrics.unwrap_or_default().listen {
+            None => None,
+            Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                cx.err(
+                    a.span(),
+                    format!(
+                        "invalid metrics.listen {:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\"",
+                        a.get_ref()
+                    ),
+                )
+            })?),
+        };
+
         Ok(Config {
             source,
             threads,
@@ -402,6 +426,7 @@ impl Config {
             relay,
             auth,
             peers_allow,
+            metrics_listen,
             log,
         })
     }
@@ -502,7 +527,13 @@ impl Config {
             relay: OutRelay,
             auth: OutAuth,
             peers: OutPeers,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            metrics: Option<OutMetrics>,
             log: OutLog<'a>,
+        }
+        #[derive(Serialize)]
+        struct OutMetrics {
+            listen: String,
         }
         #[derive(Serialize)]
         struct OutRelay {
@@ -571,6 +602,7 @@ impl Config {
             peers: OutPeers {
                 allow: self.peers_allow.iter().map(ToString::to_string).collect(),
             },
+            metrics: self.metrics_listen.map(|a| OutMetrics { listen: a.to_string() }),
             listen: self
                 .listen
                 .iter()

@@ -11,6 +11,14 @@ use prometheus_client::registry::Registry;
 
 use crate::server::Transport;
 
+pub mod http;
+mod process;
+
+pub use process::ProcStats;
+
+/// The version string: crate version and git revision.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TURND_GIT_REVISION"), ")");
+
 macro_rules! label_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident),* $(,)? }) => {
         $(#[$m])*
@@ -90,6 +98,25 @@ label_enum! {
 
 label_enum! {
     ResultLabel { success, error }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"y\"} 1\n# HELP g A gauge.\n# TYPE g gauge\ng 2\n# EOF\n";
+        let text = super::to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"y\"} 1\n# HELP g A gauge.\n# TYPE g gauge\ng 2\n"
+        );
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    revision: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -220,6 +247,22 @@ impl Metrics {
             "How long allocations lived, observed when they end",
             allocation_duration.clone(),
         );
+        let build = Family::<BuildLabels, Gauge>::default();
+        r.register(
+            "turnd_build_info",
+            "Always 1; the labels carry the version and git revision",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: env!("TURND_GIT_REVISION"),
+            })
+            .set(1);
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        r.register_collector(Box::new(process::ProcessCollector { start_time }));
         let connections_refused = Counter::default();
         r.register(
             "turnd_tcp_connections_refused",
@@ -367,13 +410,60 @@ impl Metrics {
         self.connections_refused.get()
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric in the OpenMetrics text format (what Prometheus asks for).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// Every metric in the classic Prometheus text format (0.0.4), for clients that do not
+    /// ask for OpenMetrics: counter families are named with their `_total` suffix, and there
+    /// is no `# EOF` marker.
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+}
+
+/// Rewrites OpenMetrics text into the classic Prometheus text format.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            // Held until the TYPE line says whether the family is a counter.
+            if let Some(h) = help.replace(line) {
+                out.push_str(h);
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = help.take() {
+                let text = h.splitn(4, ' ').nth(3).unwrap_or("");
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if let Some(h) = help.take() {
+            out.push_str(h);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {

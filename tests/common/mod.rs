@@ -15,6 +15,7 @@ pub struct Turnd {
     child: Child,
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    pub http: Option<SocketAddr>,
     pub log: mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -44,7 +45,7 @@ impl Turnd {
                 }
             }
         });
-        let (mut udp, mut tcp) = (vec![], vec![]);
+        let (mut udp, mut tcp, mut http) = (vec![], vec![], None);
         loop {
             let line = match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(l) => l,
@@ -58,6 +59,7 @@ impl Turnd {
                 match field(&line, "transport=") {
                     "udp" => udp.push(addr),
                     "tcp" => tcp.push(addr),
+                    "http" => http = Some(addr),
                     t => panic!("unknown transport {t}"),
                 }
             }
@@ -69,6 +71,7 @@ impl Turnd {
             child,
             udp,
             tcp,
+            http,
             log: rx,
             _dir: dir,
             config_path,
