@@ -75,6 +75,19 @@ fn init_logging(config: &Config) {
 
 fn serve(config: Config) -> ExitCode {
     init_logging(&config);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("turnd: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Signal handlers go in before anything is announced, so that a SIGTERM arriving right
+    // after "ready" is handled, not fatal.
+    let signals = {
+        let _enter = rt.enter();
+        Signals::install()
+    };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let metrics_listener = match config.metrics_listen.map(bind_http).transpose() {
@@ -129,13 +142,6 @@ fn serve(config: Config) -> ExitCode {
     }
     tracing::info!(config = %config.source, shards = config.shard_count(), version = env!("CARGO_PKG_VERSION"), "turnd ready");
 
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("turnd: cannot start runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     health.up.store(true, std::sync::atomic::Ordering::Relaxed);
     let signal = rt.block_on(async {
         if let Some(l) = metrics_listener {
@@ -146,7 +152,7 @@ fn serve(config: Config) -> ExitCode {
                 Err(e) => tracing::error!(error = %e, "cannot serve metrics"),
             }
         }
-        wait_for_signal().await
+        signals.wait().await
     });
     tracing::info!(signal, "shutting down");
     server.stop();
@@ -163,15 +169,37 @@ fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String
     Ok(l)
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the only way out is being killed; wait forever.
-        std::future::pending::<()>().await;
-        return "none";
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, registered up front.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn wait(mut self) -> &'static str {
+        let term = async {
+            match self.term.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let int = async {
+            match self.int.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => "SIGTERM",
+            _ = int => "SIGINT",
+        }
     }
 }

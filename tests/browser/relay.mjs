@@ -67,11 +67,13 @@ try {
     }
     for (let i = 0; i < messages; i++) channel.send('message ' + i);
     const done = await Promise.race([allReceived.then(() => 'done'), timeout(20000)]);
+    // The pair the transport selected, and its local candidate.
     let pair = null;
     const stats = await a.getStats();
     stats.forEach((s) => {
-      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') {
-        const local = stats.get(s.localCandidateId);
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        const selected = stats.get(s.selectedCandidatePairId);
+        const local = selected && stats.get(selected.localCandidateId);
         pair = { localType: local?.candidateType, relayProtocol: local?.relayProtocol };
       }
     });
