@@ -268,3 +268,56 @@ fn hostile_http_gets_the_right_status_and_the_endpoint_stays_up() {
     assert_eq!(http(addr, b"GET /healthz HTTP/1.0\r\n\r\n"), (200, "ok\n".into()));
     assert!(scrape(&t).contains("turnd_build_info"));
 }
+
+#[test]
+fn grafana_dashboard_queries_parse_and_name_real_metrics() {
+    let t = start();
+    let _ = Client::new(t.udp[0], "alice", "wonderland").ask(|c| c.allocate());
+    let exposition = scrape(&t);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 10);
+    // Every metric a query names is one turnd exports.
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("turnd_") || word.starts_with("process_") {
+                assert!(
+                    exposition.contains(word),
+                    "dashboard names {word}, which turnd does not export"
+                );
+            }
+        }
+    }
+    // Every query is valid PromQL: promtool checks them as recording rules.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    let mut yaml = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$job", ".*")
+            .replace("$instance", ".*");
+        yaml.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
+    }
+    std::fs::write(&rules, yaml).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool missing");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
