@@ -214,3 +214,47 @@ fn a_port_in_use_is_a_clear_start_error() {
         stderr(&o)
     );
 }
+
+#[test]
+fn log_format_json_and_level_with_rust_log_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "threads = 1\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"udp\"]\n[log]\nlevel = \"warn\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = |rust_log: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG");
+        if let Some(v) = rust_log {
+            cmd.env("RUST_LOG", v);
+        }
+        let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // level = "warn": the no-credentials warning, as JSON, and no info lines.
+    let warn = run(None);
+    let lines: Vec<serde_json::Value> = warn
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(lines.iter().any(|l| l["level"] == "WARN"), "{warn}");
+    assert!(lines.iter().all(|l| l["level"] != "INFO"), "{warn}");
+    // RUST_LOG overrides the configured level.
+    let info = run(Some("info"));
+    assert!(
+        info.lines()
+            .any(|l| l.contains("\"listening\"") || l.contains("listening")),
+        "{info}"
+    );
+    assert!(
+        info.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "{info}"
+    );
+}

@@ -143,3 +143,56 @@ allow = ["127.0.0.0/8"]
     let m = turnd::proto::Message::parse(&buf[..n]).unwrap();
     assert_eq!(m.get(AttrType::DATA).unwrap().value, b"to the client");
 }
+
+#[test]
+fn auth_failure_logs_are_rate_limited() {
+    let t = Turnd::start(&turn_config("threads = 1"));
+    let udp = Udp::new(t.udp[0]);
+    let mut c = TestClient::new("alice", "test.turnd", "wrong");
+    // 300 failures in a burst: they are all answered, but only a few are logged.
+    let _ = udp.ask(&mut c, |c| c.allocate());
+    for _ in 0..300 {
+        let req = c.allocate();
+        assert_eq!(udp.once(&mut c, &req).error, Some(401));
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    // One more after a pause gets through and reports how many were suppressed.
+    let req = c.allocate();
+    assert_eq!(udp.once(&mut c, &req).error, Some(401));
+    let mut lines = Vec::new();
+    // The line after the pause reports a non-zero suppressed count.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lines
+        .iter()
+        .any(|l: &String| l.contains("authentication failed") && !l.contains("suppressed=0"))
+    {
+        match t.log.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => lines.push(l),
+            Err(_) => assert!(Instant::now() < deadline, "no line reported suppressed failures"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    while let Ok(l) = t.log.try_recv() {
+        lines.push(l);
+    }
+    let logged: Vec<&String> = lines.iter().filter(|l| l.contains("authentication failed")).collect();
+    // 302 failures: one from the opening exchange (whose first request is only challenged),
+    // the 300 of the burst, and the one after the pause.
+    assert!(logged.len() <= 30, "{} lines logged for 302 failures", logged.len());
+    let suppressed: u64 = logged
+        .iter()
+        .filter_map(|l| {
+            l.split("suppressed=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(
+        suppressed + logged.len() as u64,
+        302,
+        "every failure is either logged or counted as suppressed"
+    );
+}
