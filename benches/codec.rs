@@ -113,6 +113,7 @@ fn channel_data(c: &mut Criterion) {
     let creds = Credentials {
         users: StaticUsers::new("bench", [("u".to_string(), "p".to_string())]),
         secrets: RestSecrets::default(),
+        file_users: Default::default(),
     };
     let shared = Arc::new(Shared::new(
         Arc::new(creds),

@@ -48,6 +48,7 @@ fn credentials() -> Credentials {
             ],
         ),
         secrets: RestSecrets::new(["rest-secret".to_string()]),
+        file_users: Default::default(),
     }
 }
 

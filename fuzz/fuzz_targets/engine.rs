@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let creds = Credentials {
         users: StaticUsers::new(REALM, [("u".to_string(), "p".to_string())]),
         secrets: RestSecrets::default(),
+        file_users: Default::default(),
     };
     let shared = Arc::new(Shared::new(Arc::new(creds), NonceKey::from_bytes([1; 32]), metrics.clone()));
     let config = EngineConfig {

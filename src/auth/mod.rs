@@ -5,6 +5,7 @@
 //! the username could have (several REST secrets may be configured at once during rotation).
 
 mod nonce;
+pub mod users_file;
 
 use std::collections::HashMap;
 
@@ -149,11 +150,13 @@ impl RestSecrets {
 }
 
 /// Every configured source: REST usernames (those starting with a timestamp) are checked
-/// against the secrets, everything else against the users.
+/// against the secrets, everything else against the inline users, then the users file.
 #[derive(Debug, Default, Clone)]
 pub struct Credentials {
     pub users: StaticUsers,
     pub secrets: RestSecrets,
+    /// Users from the users file, by realm.
+    pub file_users: users_file::UserKeys,
 }
 
 impl CredentialSource for Credentials {
@@ -176,10 +179,10 @@ impl CredentialSource for Credentials {
                 };
             }
         }
-        if realm != self.users.realm {
-            return Verdict::Unknown;
-        }
-        match self.users.users.get(username) {
+        let inline = (realm == self.users.realm)
+            .then(|| self.users.users.get(username))
+            .flatten();
+        match inline.or_else(|| self.file_users.get(realm, username)) {
             None => Verdict::Unknown,
             Some(k) if check(k) => Verdict::Match(k.clone()),
             Some(_) => Verdict::Mismatch,
@@ -187,7 +190,7 @@ impl CredentialSource for Credentials {
     }
 
     fn is_configured(&self) -> bool {
-        !self.users.is_empty() || !self.secrets.is_empty()
+        !self.users.is_empty() || !self.secrets.is_empty() || !self.file_users.is_empty()
     }
 }
 
@@ -212,8 +215,8 @@ mod tests {
         assert_eq!(RestSecrets::expiry("alice"), None);
         assert_eq!(RestSecrets::expiry(":alice"), None);
         let creds = Credentials {
-            users: StaticUsers::default(),
             secrets: RestSecrets::new(["old".to_string(), "new".to_string()]),
+            ..Credentials::default()
         };
         // Minted with the second secret: still verifies (rotation).
         let user = "2000000000:bob";
@@ -235,7 +238,7 @@ mod tests {
     fn static_users_are_per_realm() {
         let creds = Credentials {
             users: StaticUsers::new("example.org", [("alice".to_string(), "pw".to_string())]),
-            secrets: RestSecrets::default(),
+            ..Credentials::default()
         };
         let k = Keys::derive("alice", "example.org", "pw");
         assert_eq!(

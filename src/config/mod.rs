@@ -3,6 +3,7 @@
 //! `--config`, `$TURND_CONFIG`, `/etc/turnd/turnd.toml`, embedded defaults.
 
 mod duration;
+pub mod paths;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -132,6 +133,8 @@ impl fmt::Debug for InlineUser {
 /// Validated `[auth]` settings.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AuthConfig {
+    /// The file `turnd user` manages; the server re-reads it when it changes.
+    pub users_file: PathBuf,
     /// TURN REST API secrets; the first mints, all verify.
     pub secrets: Vec<String>,
     pub users: Vec<InlineUser>,
@@ -141,6 +144,7 @@ pub struct AuthConfig {
 impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
+            .field("users_file", &self.users_file)
             .field("secrets", &self.secrets.len())
             .field("users", &self.users)
             .field("nonce_lifetime", &self.nonce_lifetime)
@@ -164,6 +168,8 @@ pub struct Config {
     pub peers_allow: Vec<IpNet>,
     /// `metrics.listen`: where `/metrics` and `/healthz` are served; `None` serves nothing.
     pub metrics_listen: Option<SocketAddr>,
+    /// `admin.socket`: the Unix socket `turnd sessions` and `turnd disconnect` talk to.
+    pub admin_socket: PathBuf,
     pub log: LogConfig,
 }
 
@@ -199,7 +205,16 @@ struct RawConfig {
     #[serde(default)]
     metrics: Option<RawMetrics>,
     #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
     log: Option<RawLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default)]
+    socket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -231,6 +246,8 @@ struct RawRelay {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
+    #[serde(default)]
+    users_file: Option<Spanned<String>>,
     #[serde(default)]
     secrets: Option<Vec<Spanned<String>>>,
     #[serde(default)]
@@ -417,6 +434,12 @@ impl Config {
             })?),
         };
 
+        let admin_socket = match raw.admin.unwrap_or_default().socket {
+            None => paths::default_admin_socket(),
+            Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "admin.socket is empty")),
+            Some(p) => PathBuf::from(p.into_inner()),
+        };
+
         Ok(Config {
             source,
             threads,
@@ -427,6 +450,7 @@ impl Config {
             auth,
             peers_allow,
             metrics_listen,
+            admin_socket,
             log,
         })
     }
@@ -452,15 +476,23 @@ impl Config {
         }
     }
 
-    /// The credential sources this config names.
-    pub fn credentials(&self) -> Credentials {
+    /// The credential sources this config names, with the users file's keys.
+    pub fn credentials_with(&self, file_users: crate::auth::users_file::UserKeys) -> Credentials {
         Credentials {
             users: StaticUsers::new(
                 &self.realm,
                 self.auth.users.iter().map(|u| (u.name.clone(), u.password.clone())),
             ),
             secrets: RestSecrets::new(self.auth.secrets.iter().cloned()),
+            file_users,
         }
+    }
+
+    /// The credential sources this config names, reading the users file now (an unreadable
+    /// file contributes no users).
+    pub fn credentials(&self) -> Credentials {
+        let file = crate::auth::users_file::UsersFile::load(&self.auth.users_file).unwrap_or_default();
+        self.credentials_with(file.keys())
     }
 
     /// The embedded default configuration.
@@ -529,6 +561,7 @@ impl Config {
             peers: OutPeers,
             #[serde(skip_serializing_if = "Option::is_none")]
             metrics: Option<OutMetrics>,
+            admin: OutAdmin,
             log: OutLog<'a>,
         }
         #[derive(Serialize)]
@@ -546,7 +579,12 @@ impl Config {
             legacy_channel_numbers: bool,
         }
         #[derive(Serialize)]
+        struct OutAdmin {
+            socket: String,
+        }
+        #[derive(Serialize)]
         struct OutAuth {
+            users_file: String,
             // Secrets and passwords are never printed.
             secrets: Vec<&'static str>,
             nonce_lifetime: String,
@@ -587,6 +625,7 @@ impl Config {
                 legacy_channel_numbers: self.relay.legacy_channel_numbers,
             },
             auth: OutAuth {
+                users_file: self.auth.users_file.display().to_string(),
                 secrets: self.auth.secrets.iter().map(|_| REDACTED).collect(),
                 nonce_lifetime: format_duration(self.auth.nonce_lifetime),
                 users: self
@@ -603,6 +642,9 @@ impl Config {
                 allow: self.peers_allow.iter().map(ToString::to_string).collect(),
             },
             metrics: self.metrics_listen.map(|a| OutMetrics { listen: a.to_string() }),
+            admin: OutAdmin {
+                socket: self.admin_socket.display().to_string(),
+            },
             listen: self
                 .listen
                 .iter()
@@ -770,7 +812,13 @@ fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> 
         None => DEFAULT_NONCE_LIFETIME,
         Some(s) => duration_at_least(cx, &s, Duration::from_secs(10), "auth.nonce_lifetime")?,
     };
+    let users_file = match raw.users_file {
+        None => paths::default_users_file(),
+        Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "auth.users_file is empty")),
+        Some(p) => PathBuf::from(p.into_inner()),
+    };
     Ok(AuthConfig {
+        users_file,
         secrets,
         users,
         nonce_lifetime,

@@ -17,9 +17,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 pub use shard::RelaySocket;
+
+pub mod admin;
 
 use crate::config::{Config, Source};
 use crate::server::{Engine, EngineConfig, Shared, Transport, WallClock};
@@ -53,12 +55,88 @@ struct ShardSockets {
     tcp: Vec<(std::net::TcpListener, TcpSettings)>,
 }
 
+/// One open allocation, as `turnd sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub user: String,
+    pub client: SocketAddr,
+    pub transport: String,
+    pub relayed: Vec<SocketAddr>,
+    pub age_s: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_bytes: u64,
+    pub to_peer_packets: u64,
+    pub to_client_packets: u64,
+}
+
+/// Requests the admin socket sends to a shard.
+enum ShardCommand {
+    Sessions {
+        user: Option<String>,
+        reply: oneshot::Sender<Vec<SessionInfo>>,
+    },
+    Disconnect {
+        user: String,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// A handle to every shard, for the admin socket and configuration reloads.
+#[derive(Clone)]
+pub struct Shards {
+    commands: Vec<mpsc::UnboundedSender<ShardCommand>>,
+    config: Arc<watch::Sender<Arc<EngineConfig>>>,
+}
+
+impl Shards {
+    /// Every open allocation (of `user`, if given), across all shards.
+    pub async fn sessions(&self, user: Option<&str>) -> Vec<SessionInfo> {
+        let mut out = Vec::new();
+        for c in &self.commands {
+            let (reply, rx) = oneshot::channel();
+            if c.send(ShardCommand::Sessions {
+                user: user.map(str::to_string),
+                reply,
+            })
+            .is_ok()
+            {
+                out.extend(rx.await.unwrap_or_default());
+            }
+        }
+        out.sort_by(|a, b| (&a.user, a.client).cmp(&(&b.user, b.client)));
+        out
+    }
+
+    /// Ends every allocation of `user` at once; returns how many ended.
+    pub async fn disconnect(&self, user: &str) -> usize {
+        let mut n = 0;
+        for c in &self.commands {
+            let (reply, rx) = oneshot::channel();
+            if c.send(ShardCommand::Disconnect {
+                user: user.to_string(),
+                reply,
+            })
+            .is_ok()
+            {
+                n += rx.await.unwrap_or(0);
+            }
+        }
+        n
+    }
+
+    /// Applies a new engine configuration to new requests on every shard.
+    pub fn set_engine_config(&self, config: Arc<EngineConfig>) {
+        self.config.send_replace(config);
+    }
+}
+
 /// The running server: its bound listeners and its shard threads.
 pub struct Server {
     bound: Vec<Bound>,
     skipped: Vec<BindError>,
     stop: watch::Sender<bool>,
     shards: Vec<JoinHandle<()>>,
+    handles: Shards,
 }
 
 impl Server {
@@ -127,16 +205,19 @@ impl Server {
         }
 
         let (stop, stop_rx) = watch::channel(false);
-        let engine_config = Arc::new(config.engine_config());
+        let (config_tx, config_rx) = watch::channel(Arc::new(config.engine_config()));
         let clock = WallClock::now();
         let mut handles = Vec::with_capacity(shards);
+        let mut commands = Vec::with_capacity(shards);
         for (i, s) in sockets.into_iter().enumerate() {
             let shared = shared.clone();
-            let engine_config = engine_config.clone();
+            let config_rx = config_rx.clone();
             let stop_rx = stop_rx.clone();
+            let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+            commands.push(cmd_tx);
             let h = std::thread::Builder::new()
                 .name(format!("turnd-shard-{i}"))
-                .spawn(move || run_shard(i, s, engine_config, shared, clock, stop_rx))
+                .spawn(move || run_shard(i, s, config_rx, cmd_rx, shared, clock, stop_rx))
                 .map_err(|e| bind_err("thread", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
             handles.push(h);
         }
@@ -145,7 +226,16 @@ impl Server {
             skipped,
             stop,
             shards: handles,
+            handles: Shards {
+                commands,
+                config: Arc::new(config_tx),
+            },
         })
+    }
+
+    /// A handle for admin requests and reloads.
+    pub fn shards(&self) -> Shards {
+        self.handles.clone()
     }
 
     /// The listeners as bound.
@@ -167,6 +257,35 @@ impl Server {
     }
 }
 
+fn handle_command(shard: &shard::Shard, cmd: ShardCommand) {
+    let now = std::time::Instant::now();
+    match cmd {
+        ShardCommand::Sessions { user, reply } => {
+            let engine = shard.engine.borrow();
+            let list = engine
+                .allocations()
+                .filter(|a| user.as_deref().is_none_or(|u| &*a.username == u))
+                .map(|a| SessionInfo {
+                    user: a.username.to_string(),
+                    client: a.tuple.client,
+                    transport: a.tuple.transport.as_str().to_string(),
+                    relayed: a.relays.iter().flatten().map(|r| r.advertised).collect(),
+                    age_s: now.saturating_duration_since(a.created).as_secs(),
+                    to_peer_bytes: a.traffic.to_peer_bytes,
+                    to_client_bytes: a.traffic.to_client_bytes,
+                    to_peer_packets: a.traffic.to_peer_packets,
+                    to_client_packets: a.traffic.to_client_packets,
+                })
+                .collect();
+            let _ = reply.send(list);
+        }
+        ShardCommand::Disconnect { user, reply } => {
+            let n = shard.engine.borrow_mut().disconnect_user(now, &user);
+            let _ = reply.send(n);
+        }
+    }
+}
+
 fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> BindError {
     BindError {
         transport,
@@ -178,11 +297,13 @@ fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> 
 fn run_shard(
     index: usize,
     sockets: ShardSockets,
-    engine_config: Arc<EngineConfig>,
+    mut config: watch::Receiver<Arc<EngineConfig>>,
+    mut commands: mpsc::UnboundedReceiver<ShardCommand>,
     shared: Arc<Shared>,
     clock: WallClock,
     stop: watch::Receiver<bool>,
 ) {
+    let engine_config = config.borrow_and_update().clone();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -213,7 +334,19 @@ fn run_shard(
         }
         tokio::task::spawn_local(shard::timers(shard.clone()));
         let mut stop = stop;
-        let _ = stop.wait_for(|s| *s).await;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let c = config.borrow_and_update().clone();
+                    shard.engine.borrow_mut().set_config(c);
+                }
+                Some(cmd) = commands.recv() => handle_command(&shard, cmd),
+            }
+        }
         // Ending every allocation drops its relay sockets before the runtime goes away.
         let now = std::time::Instant::now();
         let users: Vec<String> = shard

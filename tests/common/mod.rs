@@ -25,8 +25,13 @@ impl Turnd {
     /// Starts `turnd serve` with `config` and waits until it reports ready.
     pub fn start(config: &str) -> Turnd {
         let dir = tempfile::tempdir().unwrap();
+        Self::start_in(config, dir)
+    }
+
+    /// Starts `turnd serve` with `config` written into `dir`.
+    pub fn start_in(config: &str, dir: tempfile::TempDir) -> Turnd {
         let config_path = dir.path().join("turnd.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, isolate(config, dir.path())).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config_path)
@@ -104,6 +109,27 @@ impl Drop for Turnd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Gives a test config its own users file and admin socket in `dir`, unless it names them,
+/// so that tests never touch the machine's real ones.
+pub fn isolate(config: &str, dir: &std::path::Path) -> String {
+    let mut c = config.to_string();
+    if !c.contains("users_file") {
+        let line = format!("users_file = \"{}\"\n", dir.join("users.toml").display());
+        if c.contains("[auth]\n") {
+            c = c.replacen("[auth]\n", &format!("[auth]\n{line}"), 1);
+        } else {
+            c.push_str(&format!("\n[auth]\n{line}"));
+        }
+    }
+    if !c.contains("[admin]") {
+        c.push_str(&format!(
+            "\n[admin]\nsocket = \"{}\"\n",
+            dir.join("admin.sock").display()
+        ));
+    }
+    c
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -254,7 +280,9 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(config: &str) -> InProcess {
-        let config = turnd::config::Config::parse(config, turnd::config::Source::Embedded).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            turnd::config::Config::parse(&isolate(config, dir.path()), turnd::config::Source::Embedded).unwrap();
         let metrics = std::sync::Arc::new(turnd::metrics::Metrics::new());
         let shared = turnd::server::Shared::new(
             std::sync::Arc::new(config.credentials()),

@@ -1,0 +1,39 @@
+//! Default locations: system paths when running as root, per-user paths otherwise (the
+//! XDG base directories).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+/// The effective user of this process (from /proc, without unsafe code).
+pub fn uid() -> u32 {
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)
+}
+
+/// `/var/lib/turnd/users.toml` as root, else `$XDG_STATE_HOME/turnd/users.toml`
+/// (`~/.local/state/turnd/users.toml`).
+pub fn default_users_file() -> PathBuf {
+    if uid() == 0 {
+        return PathBuf::from("/var/lib/turnd/users.toml");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| home().join(".local/state"), PathBuf::from);
+    state.join("turnd/users.toml")
+}
+
+/// `/run/turnd/admin.sock` as root, else `$XDG_RUNTIME_DIR/turnd/admin.sock`, else
+/// `/tmp/turnd-<uid>/admin.sock`.
+pub fn default_admin_socket() -> PathBuf {
+    let uid = uid();
+    if uid == 0 {
+        return PathBuf::from("/run/turnd/admin.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("turnd/admin.sock"),
+        None => PathBuf::from(format!("/tmp/turnd-{uid}/admin.sock")),
+    }
+}
