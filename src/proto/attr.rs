@@ -192,7 +192,7 @@ pub fn decode_u32(value: &[u8]) -> Result<u32, AttrError> {
 
 /// Decodes an UNKNOWN-ATTRIBUTES value into its list of types.
 pub fn decode_unknown_attributes(value: &[u8]) -> Result<impl Iterator<Item = AttrType> + '_, AttrError> {
-    if value.len() % 2 != 0 {
+    if !value.len().is_multiple_of(2) {
         return Err(AttrError::BadLength);
     }
     Ok(value

@@ -70,7 +70,7 @@ pub fn verify_sha1(msg: &[u8], off: usize, key: &[u8]) -> bool {
 pub fn verify_sha256(msg: &[u8], off: usize, key: &[u8]) -> bool {
     let Some(h) = msg.get(off..off + 4) else { return false };
     let vlen = u16::from_be_bytes([h[2], h[3]]) as usize;
-    if !(16..=SHA256_LEN).contains(&vlen) || vlen % 4 != 0 {
+    if !(16..=SHA256_LEN).contains(&vlen) || !vlen.is_multiple_of(4) {
         return false;
     }
     let (Some(got), Some(want)) = (msg.get(off + 4..off + 4 + vlen), hmac_sha256(msg, off, vlen, key)) else {
