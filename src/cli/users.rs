@@ -174,6 +174,11 @@ fn hostname() -> String {
 pub fn turn_urls(config: &Config) -> Vec<String> {
     let mut urls = Vec::new();
     for l in &config.listen {
+        if l.address.port() == 0 {
+            // The port is picked at start-up, so no URL can name it.
+            eprintln!("note: listener {} has port 0 and is left out of the URLs", l.address);
+            continue;
+        }
         let ip = l.address.ip();
         let host = match config.relay.external.iter().find(|e| e.is_ipv4() == ip.is_ipv4()) {
             Some(e) => Some(*e),
