@@ -65,6 +65,7 @@ impl NonceKey {
         mac.update(&[match client.transport {
             Transport::Udp => 17,
             Transport::Tcp => 6,
+            Transport::Tls => 56,
         }]);
         match client.client {
             SocketAddr::V4(a) => mac.update(&a.ip().octets()),

@@ -277,6 +277,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), UsersFileError> {
         .map_err(err)?;
     // The mode of create() is filtered by the umask; make sure it is exactly 0600.
     f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    // Run as root for a service user: keep the file owned by whoever owned it (or owns the
+    // state directory), so the service can still read it.
+    if crate::config::paths::uid() == 0 {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(path).or_else(|_| std::fs::metadata(path.parent().unwrap_or(Path::new("."))));
+        if let Ok(m) = owner {
+            std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid())).map_err(err)?;
+        }
+    }
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     drop(f);

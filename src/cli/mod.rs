@@ -2,6 +2,7 @@
 //! `disconnect`.
 
 mod admin;
+mod notify;
 mod serve;
 mod users;
 

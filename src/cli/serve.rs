@@ -12,11 +12,15 @@ use crate::auth::{CredentialSource, NonceKey};
 use crate::config::{Config, LogFormat, Source};
 use crate::metrics::http::Health;
 use crate::metrics::Metrics;
+use crate::net::tls::CertStore;
 use crate::net::{Server, Shards};
 use crate::server::Shared;
 
-/// How often the users file is checked for changes (changes apply within 2 s).
-const USERS_FILE_POLL: Duration = Duration::from_millis(500);
+/// The housekeeping tick: drain progress every tick, files every few.
+const TICK: Duration = Duration::from_millis(100);
+/// The users file and the certificate are checked every this many ticks (changes to users
+/// apply within 2 s).
+const FILE_CHECK_TICKS: u32 = 5;
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
@@ -47,6 +51,8 @@ struct Live {
     config: Config,
     file_users: UserKeys,
     stamp: Stamp,
+    certs: Option<Arc<CertStore>>,
+    draining: bool,
 }
 
 impl Live {
@@ -55,6 +61,8 @@ impl Live {
             config,
             file_users: UserKeys::default(),
             stamp: None,
+            certs: None,
+            draining: false,
         };
         live.read_users_file();
         live
@@ -86,6 +94,24 @@ impl Live {
                 false
             }
         }
+    }
+
+    /// Picks up a renewed certificate; a broken one is logged and the old one stays.
+    fn check_certificate(&self, force: bool) {
+        let (Some(store), Some(paths)) = (&self.certs, &self.config.tls) else {
+            return;
+        };
+        match store.reload(paths, force) {
+            Ok(true) => tracing::info!(certificate = %paths.certificate.display(), "TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("TLS certificate reload failed, the old certificate stays in force: {e}"),
+        }
+    }
+
+    fn engine_config(&self) -> Arc<crate::server::EngineConfig> {
+        let mut c = self.config.engine_config();
+        c.draining = self.draining;
+        Arc::new(c)
     }
 
     fn apply_credentials(&self, shared: &Shared) {
@@ -121,6 +147,9 @@ impl Live {
         if new.log != self.config.log {
             restart.push("log");
         }
+        if new.tls.is_some() != self.config.tls.is_some() {
+            restart.push("tls");
+        }
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "config reloaded, but these keys only take effect after a restart");
         }
@@ -128,7 +157,8 @@ impl Live {
         self.stamp = None;
         self.read_users_file();
         self.apply_credentials(shared);
-        shards.set_engine_config(Arc::new(self.config.engine_config()));
+        self.check_certificate(true);
+        shards.set_engine_config(self.engine_config());
         tracing::info!(config = %path.display(), "config reloaded");
     }
 }
@@ -215,11 +245,20 @@ pub fn serve(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let certs = match config.tls.as_ref().map(CertStore::new).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut live = Live::new(config.clone());
+    live.certs = certs.clone();
     let credentials = config.credentials_with(live.file_users.clone());
     let relaying = credentials.is_configured();
     let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key, metrics.clone()));
-    let server = match Server::start(&config, shared.clone()) {
+    let server = match Server::start(&config, shared.clone(), certs.as_ref()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
@@ -266,6 +305,7 @@ pub fn serve(config: Config) -> ExitCode {
     }
     health.up.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(config = %config.source, shards = config.shard_count(), version = crate::metrics::VERSION, "turnd ready");
+    super::notify::notify("READY=1");
 
     let admin_bound = admin_listener.is_some();
     let shards = server.shards();
@@ -286,23 +326,56 @@ pub fn serve(config: Config) -> ExitCode {
                 Err(e) => tracing::error!(error = %e, "cannot serve the admin socket"),
             }
         }
-        let mut poll = tokio::time::interval(USERS_FILE_POLL);
+        let mut tick = tokio::time::interval(TICK);
+        let mut ticks: u32 = 0;
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
-                _ = poll.tick() => {
-                    if live.read_users_file() {
-                        live.apply_credentials(&shared);
+                _ = tick.tick() => {
+                    ticks = ticks.wrapping_add(1);
+                    if ticks % FILE_CHECK_TICKS == 0 {
+                        if live.read_users_file() {
+                            live.apply_credentials(&shared);
+                        }
+                        live.check_certificate(false);
+                    }
+                    if let Some(deadline) = drain_deadline {
+                        let open = shared.quota.total();
+                        if open == 0 {
+                            break "drained: no allocation left";
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            tracing::warn!(allocations = open, "shutdown_grace passed; ending the remaining allocations");
+                            break "shutdown_grace passed";
+                        }
                     }
                 }
                 s = signals.next() => match s {
                     Sig::Hup => live.reload(&shared, &shards),
-                    Sig::Term => break "SIGTERM",
+                    Sig::Term if drain_deadline.is_none() => {
+                        let open = shared.quota.total();
+                        live.draining = true;
+                        health.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                        super::notify::notify("STOPPING=1");
+                        shards.set_engine_config(live.engine_config());
+                        tracing::info!(
+                            allocations = open,
+                            grace_s = live.config.shutdown_grace.as_secs(),
+                            "SIGTERM: draining; new allocations are refused, open ones go on (a second SIGTERM or SIGINT exits at once)"
+                        );
+                        if open == 0 {
+                            break "SIGTERM";
+                        }
+                        drain_deadline = Some(tokio::time::Instant::now() + live.config.shutdown_grace);
+                    }
+                    Sig::Term => break "second SIGTERM",
                     Sig::Int => break "SIGINT",
                 },
             }
         }
     });
     tracing::info!(signal, "shutting down");
+    super::notify::notify("STOPPING=1");
     server.stop();
     if admin_bound {
         let _ = std::fs::remove_file(&config.admin_socket);

@@ -72,6 +72,7 @@ impl fmt::Display for Source {
 pub enum Protocol {
     Udp,
     Tcp,
+    Tls,
 }
 
 /// Log output format.
@@ -88,10 +89,19 @@ pub struct Listener {
     pub address: SocketAddr,
     pub udp: bool,
     pub tcp: bool,
+    /// TLS over TCP (`turns:`), with the certificate from `[tls]`.
+    pub tls: bool,
     /// Concurrent TCP connections this listener accepts across all shards.
     pub max_connections: usize,
     /// A TCP connection on which no complete message arrives for this long is closed.
     pub idle_timeout: Duration,
+}
+
+impl Listener {
+    /// Serves TCP or TLS (both need the TCP port).
+    pub fn is_stream(&self) -> bool {
+        self.tcp || self.tls
+    }
 }
 
 /// Validated logging settings.
@@ -100,6 +110,14 @@ pub struct LogConfig {
     /// An `EnvFilter` directive (`info`, `debug`, `turnd=trace,warn`); `RUST_LOG` overrides it.
     pub level: String,
     pub format: LogFormat,
+}
+
+/// Validated `[tls]` settings: paths only; the files are read when the server starts and on
+/// reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
 }
 
 /// Validated `[relay]` settings.
@@ -170,10 +188,15 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `admin.socket`: the Unix socket `turnd sessions` and `turnd disconnect` talk to.
     pub admin_socket: PathBuf,
+    /// `[tls]`: certificate chain and private key (PEM), present when a listener serves TLS.
+    pub tls: Option<TlsConfig>,
+    /// How long SIGTERM lets open allocations go on before the process exits.
+    pub shutdown_grace: Duration,
     pub log: LogConfig,
 }
 
 const DEFAULT_REALM: &str = "turnd";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_RELAY_ADDRESSES: [&str; 2] = ["0.0.0.0", "::"];
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
@@ -207,7 +230,18 @@ struct RawConfig {
     #[serde(default)]
     admin: Option<RawAdmin>,
     #[serde(default)]
+    tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    shutdown_grace: Option<Spanned<String>>,
+    #[serde(default)]
     log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: Spanned<String>,
+    private_key: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -361,10 +395,10 @@ impl Config {
                 let mut out: Vec<Listener> = Vec::with_capacity(items.len());
                 for item in items {
                     let listener = validate_listener(&cx, item)?;
-                    if let Some(dup) = out
-                        .iter()
-                        .find(|o| o.address == listener.address && ((o.udp && listener.udp) || (o.tcp && listener.tcp)))
-                    {
+                    if let Some(dup) = out.iter().find(|o| {
+                        o.address == listener.address
+                            && ((o.udp && listener.udp) || (o.is_stream() && listener.is_stream()))
+                    }) {
                         return Err(cx.err(span.clone(), format!("listener {} appears twice", dup.address)));
                     }
                     out.push(listener);
@@ -440,6 +474,38 @@ impl Config {
             Some(p) => PathBuf::from(p.into_inner()),
         };
 
+        let wants_tls = listen.iter().any(|l| l.tls);
+        let tls = match raw.tls {
+            Some(t) if !wants_tls => {
+                return Err(cx.err(t.span(), "[tls] is set but no [[listen]] has \"tls\" in its protocols"));
+            }
+            Some(t) => {
+                let t = t.into_inner();
+                for p in [&t.certificate, &t.private_key] {
+                    if p.get_ref().is_empty() {
+                        return Err(cx.err(p.span(), "path is empty"));
+                    }
+                }
+                Some(TlsConfig {
+                    certificate: PathBuf::from(t.certificate.into_inner()),
+                    private_key: PathBuf::from(t.private_key.into_inner()),
+                })
+            }
+            None if wants_tls => {
+                return Err(ConfigError {
+                    path: cx.path.clone(),
+                    position: Some((1, 1)),
+                    message: "a listener serves \"tls\" but there is no [tls] section with certificate and private_key"
+                        .into(),
+                });
+            }
+            None => None,
+        };
+        let shutdown_grace = match raw.shutdown_grace {
+            None => DEFAULT_SHUTDOWN_GRACE,
+            Some(s) => parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
+        };
+
         Ok(Config {
             source,
             threads,
@@ -451,6 +517,8 @@ impl Config {
             peers_allow,
             metrics_listen,
             admin_socket,
+            tls,
+            shutdown_grace,
             log,
         })
     }
@@ -473,6 +541,7 @@ impl Config {
             } else {
                 crate::proto::ChannelNumber::RFC8656_MAX
             },
+            draining: false,
         }
     }
 
@@ -550,8 +619,14 @@ impl Config {
     /// The effective configuration as TOML, every default filled in.
     pub fn to_toml(&self) -> String {
         #[derive(Serialize)]
+        struct OutTls {
+            certificate: String,
+            private_key: String,
+        }
+        #[derive(Serialize)]
         struct Out<'a> {
             threads: usize,
+            shutdown_grace: String,
             #[serde(skip_serializing_if = "Option::is_none")]
             software: Option<&'a str>,
             realm: &'a str,
@@ -559,6 +634,8 @@ impl Config {
             relay: OutRelay,
             auth: OutAuth,
             peers: OutPeers,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tls: Option<OutTls>,
             #[serde(skip_serializing_if = "Option::is_none")]
             metrics: Option<OutMetrics>,
             admin: OutAdmin,
@@ -613,6 +690,11 @@ impl Config {
         }
         let out = Out {
             threads: self.threads,
+            shutdown_grace: format_duration(self.shutdown_grace),
+            tls: self.tls.as_ref().map(|t| OutTls {
+                certificate: t.certificate.display().to_string(),
+                private_key: t.private_key.display().to_string(),
+            }),
             software: self.software.as_deref(),
             realm: &self.realm,
             relay: OutRelay {
@@ -650,7 +732,7 @@ impl Config {
                 .iter()
                 .map(|l| OutListen {
                     address: l.address.to_string(),
-                    protocols: [(l.udp, Protocol::Udp), (l.tcp, Protocol::Tcp)]
+                    protocols: [(l.udp, Protocol::Udp), (l.tcp, Protocol::Tcp), (l.tls, Protocol::Tls)]
                         .into_iter()
                         .filter_map(|(on, p)| on.then_some(p))
                         .collect(),
@@ -842,16 +924,20 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
             format!("invalid listen address {addr_text:?}: {hint}"),
         )
     })?;
-    let (udp, tcp) = match raw.protocols {
-        None => (true, true),
+    let (udp, tcp, tls) = match raw.protocols {
+        None => (true, true, false),
         Some(p) => {
             if p.get_ref().is_empty() {
-                return Err(cx.err(p.span(), "protocols is empty: use \"udp\", \"tcp\" or both"));
+                return Err(cx.err(p.span(), "protocols is empty: use \"udp\", \"tcp\", \"tls\""));
             }
-            (
-                p.get_ref().contains(&Protocol::Udp),
-                p.get_ref().contains(&Protocol::Tcp),
-            )
+            let has = |x| p.get_ref().contains(&x);
+            if has(Protocol::Tcp) && has(Protocol::Tls) {
+                return Err(cx.err(
+                    p.span(),
+                    "\"tcp\" and \"tls\" are both TCP: give them different addresses",
+                ));
+            }
+            (has(Protocol::Udp), has(Protocol::Tcp), has(Protocol::Tls))
         }
     };
     let max_connections = match raw.max_connections {
@@ -883,6 +969,7 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
         address,
         udp,
         tcp,
+        tls,
         max_connections,
         idle_timeout,
     })

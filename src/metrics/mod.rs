@@ -93,7 +93,7 @@ label_enum! {
 }
 
 label_enum! {
-    TransportLabel { udp, tcp }
+    TransportLabel { udp, tcp, tls }
 }
 
 label_enum! {
@@ -159,17 +159,18 @@ fn ti(t: Transport) -> usize {
     match t {
         Transport::Udp => 0,
         Transport::Tcp => 1,
+        Transport::Tls => 2,
     }
 }
 
 /// Every metric the server exports, as ready-made handles.
 pub struct Metrics {
     registry: Registry,
-    binding: [Counter; 2],
+    binding: [Counter; 3],
     turn_requests: Vec<[Counter; 2]>,
     auth_failures: Vec<Counter>,
-    allocations_active: [Gauge; 2],
-    allocations_total: [Counter; 2],
+    allocations_active: [Gauge; 3],
+    allocations_total: [Counter; 3],
     permissions_active: Gauge,
     channels_active: Gauge,
     relay_packets: [Counter; 2],
@@ -271,7 +272,7 @@ impl Metrics {
         );
 
         let by_transport = |f: &Family<TransportLabels, Counter>| {
-            [TransportLabel::udp, TransportLabel::tcp]
+            [TransportLabel::udp, TransportLabel::tcp, TransportLabel::tls]
                 .map(|transport| f.get_or_create(&TransportLabels { transport }).clone())
         };
         let by_direction = |f: &Family<DirectionLabels, Counter>| {
@@ -291,7 +292,7 @@ impl Metrics {
                 .iter()
                 .map(|&reason| auth.get_or_create(&AuthLabels { reason }).clone())
                 .collect(),
-            allocations_active: [TransportLabel::udp, TransportLabel::tcp]
+            allocations_active: [TransportLabel::udp, TransportLabel::tcp, TransportLabel::tls]
                 .map(|transport| active.get_or_create(&TransportLabels { transport }).clone()),
             allocations_total: by_transport(&total),
             permissions_active,

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 pub use shard::RelaySocket;
 
 pub mod admin;
+pub mod tls;
 
 use crate::config::{Config, Source};
 use crate::server::{Engine, EngineConfig, Shared, Transport, WallClock};
@@ -48,6 +49,8 @@ pub struct Bound {
 pub(crate) struct TcpSettings {
     pub connections: Arc<Semaphore>,
     pub idle_timeout: std::time::Duration,
+    /// Present on TLS listeners.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 struct ShardSockets {
@@ -142,7 +145,17 @@ pub struct Server {
 impl Server {
     /// Binds every listener (so that errors surface before the server reports ready), then
     /// starts the shards.
-    pub fn start(config: &Config, shared: Arc<Shared>) -> Result<Server, BindError> {
+    pub fn start(config: &Config, shared: Arc<Shared>, tls: Option<&Arc<tls::CertStore>>) -> Result<Server, BindError> {
+        let acceptor = match tls.map(|t| t.acceptor()).transpose() {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(BindError {
+                    transport: "tls",
+                    address: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source: io::Error::other(e),
+                })
+            }
+        };
         let shards = config.shard_count();
         let reuse_port = shards > 1;
         let mut sockets: Vec<ShardSockets> = (0..shards)
@@ -172,19 +185,28 @@ impl Server {
                         address: addr,
                     });
                 }
-                if l.tcp {
+                if l.is_stream() {
+                    let (name, transport, tls) = if l.tls {
+                        let Some(a) = acceptor.clone() else {
+                            return Err(bind_err("tls", l.address, io::Error::other("no certificate loaded")));
+                        };
+                        ("tls", Transport::Tls, Some(a))
+                    } else {
+                        ("tcp", Transport::Tcp, None)
+                    };
                     let settings = TcpSettings {
                         connections: Arc::new(Semaphore::new(l.max_connections)),
                         idle_timeout: l.idle_timeout,
+                        tls,
                     };
                     let mut addr = l.address;
                     for shard in sockets.iter_mut() {
-                        let s = socket::bind_tcp(addr, reuse_port).map_err(|e| bind_err("tcp", addr, e))?;
-                        addr = s.local_addr().map_err(|e| bind_err("tcp", addr, e))?;
+                        let s = socket::bind_tcp(addr, reuse_port).map_err(|e| bind_err(name, addr, e))?;
+                        addr = s.local_addr().map_err(|e| bind_err(name, addr, e))?;
                         shard.tcp.push((s, settings.clone()));
                     }
                     here.push(Bound {
-                        transport: Transport::Tcp,
+                        transport,
                         address: addr,
                     });
                 }

@@ -122,7 +122,7 @@ impl Shard {
                     .or_else(|| listeners.iter().find(|l| l.serves(tuple.server)));
                 l.is_some_and(|l| l.send(tuple, bytes).is_ok())
             }
-            Transport::Tcp => match self.tcp.borrow().get(tuple) {
+            Transport::Tcp | Transport::Tls => match self.tcp.borrow().get(tuple) {
                 Some(out) => {
                     let mut q = out.queue.borrow_mut();
                     if q.len() + bytes.len() > TCP_QUEUE_LIMIT {

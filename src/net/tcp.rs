@@ -6,8 +6,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::shard::{Shard, TcpOut};
@@ -22,6 +22,8 @@ const INITIAL_BUFFER: usize = 2048;
 const REPLY_BUFFER: usize = 2048;
 /// Pause after an accept error such as EMFILE, so that the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// A TLS handshake must finish within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard>) {
     let Ok(local) = listener.local_addr() else { return };
@@ -36,12 +38,32 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
                 Ok(permit) => {
                     let _ = stream.set_nodelay(true);
                     let server = stream.local_addr().unwrap_or(local);
-                    let tuple = FiveTuple {
-                        transport: Transport::Tcp,
-                        client: peer,
-                        server,
-                    };
-                    tokio::task::spawn_local(connection(stream, tuple, settings.idle_timeout, shard.clone(), permit));
+                    let idle = settings.idle_timeout;
+                    match settings.tls.clone() {
+                        None => {
+                            let tuple = FiveTuple {
+                                transport: Transport::Tcp,
+                                client: peer,
+                                server,
+                            };
+                            tokio::task::spawn_local(connection(stream, tuple, idle, shard.clone(), permit));
+                        }
+                        Some(acceptor) => {
+                            let tuple = FiveTuple {
+                                transport: Transport::Tls,
+                                client: peer,
+                                server,
+                            };
+                            let shard = shard.clone();
+                            tokio::task::spawn_local(async move {
+                                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => connection(tls, tuple, idle, shard, permit).await,
+                                    Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+                                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(_) => {
                     shard.engine.borrow().metrics().connection_refused();
@@ -56,8 +78,8 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
     }
 }
 
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     tuple: FiveTuple,
     idle_timeout: Duration,
     shard: Rc<Shard>,
@@ -71,8 +93,8 @@ async fn connection(
     shard.engine.borrow_mut().handle_client_closed(Instant::now(), &tuple);
 }
 
-async fn run(
-    stream: &mut TcpStream,
+async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     tuple: &FiveTuple,
     idle_timeout: Duration,
     shard: &Rc<Shard>,
@@ -167,7 +189,7 @@ fn frames(
 }
 
 /// Writes queued replies, then whatever the relay path queued for this client.
-async fn flush(stream: &mut TcpStream, pending: &mut Vec<u8>, out: &Rc<TcpOut>) -> std::io::Result<()> {
+async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, pending: &mut Vec<u8>, out: &Rc<TcpOut>) -> std::io::Result<()> {
     {
         let mut q = out.queue.borrow_mut();
         if !q.is_empty() {

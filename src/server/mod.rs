@@ -34,6 +34,8 @@ use crate::proto::{AttrType, ChannelData, Class, ErrorCode, Message, MessageType
 pub enum Transport {
     Udp,
     Tcp,
+    /// TCP with TLS: stream framing, like TCP.
+    Tls,
 }
 
 impl Transport {
@@ -41,7 +43,13 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
+    }
+
+    /// TCP and TLS carry a byte stream: ChannelData is padded and a close ends the allocation.
+    pub fn is_stream(self) -> bool {
+        self != Transport::Udp
     }
 }
 
@@ -81,6 +89,8 @@ pub struct EngineConfig {
     /// Highest channel number a ChannelBind may use: 0x4FFF (RFC 8656), or 0x7FFE to accept
     /// RFC 5766-era clients.
     pub max_channel: u16,
+    /// Shutting down: refuse new Allocates, keep serving the open allocations.
+    pub draining: bool,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +107,7 @@ impl Default for EngineConfig {
             max_allocations: 100_000,
             peers: PeerPolicy::default(),
             max_channel: crate::proto::ChannelNumber::RFC8656_MAX,
+            draining: false,
         }
     }
 }
@@ -372,6 +383,11 @@ impl<R: RelayIo> Engine<R> {
         self.table.id_for(tuple).is_some()
     }
 
+    /// True while the server drains: new Allocates are refused.
+    pub fn draining(&self) -> bool {
+        self.config.draining
+    }
+
     /// Every allocation this engine holds.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation<R::Socket>> {
         self.table.iter().map(|(_, a)| a)
@@ -474,7 +490,7 @@ impl<R: RelayIo> Engine<R> {
         let len = if let Some(ch) = a.channel_for(peer, now) {
             let channel = crate::proto::ChannelNumber::new(ch)?;
             metrics.framed(crate::metrics::Framing::channel_data);
-            ChannelData::encode(channel, data, tuple.transport == Transport::Tcp, out)?
+            ChannelData::encode(channel, data, tuple.transport.is_stream(), out)?
         } else {
             metrics.framed(crate::metrics::Framing::data_indication);
             let typ = MessageType::new(Method::DATA, Class::Indication);
@@ -491,7 +507,7 @@ impl<R: RelayIo> Engine<R> {
 
     /// A TCP client connection closed: its allocation ends at once. (UDP has no close.)
     pub fn handle_client_closed(&mut self, now: Instant, tuple: &FiveTuple) {
-        if tuple.transport != Transport::Tcp {
+        if !tuple.transport.is_stream() {
             return;
         }
         if let Some(id) = self.table.id_for(tuple) {

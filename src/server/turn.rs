@@ -353,6 +353,12 @@ impl<R: RelayIo> Engine<R> {
             }
             return Err((ErrorCode::ALLOCATION_MISMATCH, "5-tuple already has an allocation"));
         }
+        if self.config.draining {
+            return Err((
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                "draining: the server is shutting down",
+            ));
+        }
         let transport = msg
             .get(AttrType::REQUESTED_TRANSPORT)
             .ok_or((ErrorCode::BAD_REQUEST, "missing REQUESTED-TRANSPORT"))?;

@@ -289,7 +289,7 @@ impl InProcess {
             turnd::auth::NonceKey::random().unwrap(),
             metrics.clone(),
         );
-        let server = turnd::net::Server::start(&config, std::sync::Arc::new(shared)).unwrap();
+        let server = turnd::net::Server::start(&config, std::sync::Arc::new(shared), None).unwrap();
         InProcess {
             server: Some(server),
             metrics,
