@@ -333,7 +333,7 @@ pub fn serve(config: Config) -> ExitCode {
             tokio::select! {
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
-                    if ticks % FILE_CHECK_TICKS == 0 {
+                    if ticks.is_multiple_of(FILE_CHECK_TICKS) {
                         if live.read_users_file() {
                             live.apply_credentials(&shared);
                         }
