@@ -28,14 +28,24 @@ impl Turnd {
         Self::start_in(config, dir)
     }
 
+    /// Starts `turnd serve` with `config` and extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Turnd {
+        Self::launch(config, tempfile::tempdir().unwrap(), env)
+    }
+
     /// Starts `turnd serve` with `config` written into `dir`.
     pub fn start_in(config: &str, dir: tempfile::TempDir) -> Turnd {
+        Self::launch(config, dir, &[])
+    }
+
+    fn launch(config: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Turnd {
         let config_path = dir.path().join("turnd.toml");
         std::fs::write(&config_path, isolate(config, dir.path())).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -65,6 +75,7 @@ impl Turnd {
                     "udp" => udp.push(addr),
                     "tcp" => tcp.push(addr),
                     "http" => http = Some(addr),
+                    "tls" => tcp.push(addr),
                     t => panic!("unknown transport {t}"),
                 }
             }
@@ -85,6 +96,11 @@ impl Turnd {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Sends SIGTERM and returns the exit status.

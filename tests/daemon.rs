@@ -1,0 +1,458 @@
+//! Running as a daemon: TLS listeners (`turns:`) with coturn's client and Chromium,
+//! certificate reload without dropping open connections, graceful drain on SIGTERM, and the
+//! systemd notification protocol.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{turn_config, Turnd};
+use turnd::proto::{AttrType, Message};
+use turnd::server::testclient::{Response, TestClient};
+
+const REALM: &str = "test.turnd";
+
+/// Writes a fresh self-signed certificate and key; returns the certificate's DER.
+fn write_cert(dir: &Path) -> Vec<u8> {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).unwrap();
+    c.cert.der().to_vec()
+}
+
+fn tls_config(dir: &Path, extra: &str) -> String {
+    let base = turn_config(extra).replace(
+        "[[listen]]\naddress = \"[::1]:0\"\nprotocols = [\"udp\", \"tcp\"]",
+        "[[listen]]\naddress = \"127.0.0.2:0\"\nprotocols = [\"tls\"]",
+    );
+    format!(
+        "{base}\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    )
+}
+
+fn tls_addr(t: &Turnd) -> SocketAddr {
+    *t.tcp
+        .iter()
+        .find(|a| a.ip() == std::net::IpAddr::from([127, 0, 0, 2]))
+        .expect("TLS listener")
+}
+
+/// Accepts any certificate, remembering the one the server presented.
+#[derive(Debug)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl rustls::client::danger::ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = end_entity.to_vec();
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let p = rustls::crypto::ring::default_provider();
+        rustls::crypto::verify_tls12_signature(m, c, d, &p.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let p = rustls::crypto::ring::default_provider();
+        rustls::crypto::verify_tls13_signature(m, c, d, &p.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to turnd, and the DER of the certificate it presented.
+fn tls_connect(addr: SocketAddr) -> (Tls, Vec<u8>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Capture(seen.clone())))
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.flush().unwrap();
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    let der = seen.lock().unwrap().clone();
+    (tls, der)
+}
+
+fn read_frame(s: &mut Tls) -> Vec<u8> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).unwrap();
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let total = if head[0] & 0xC0 == 0x40 {
+        (len + 3) & !3
+    } else {
+        16 + len
+    };
+    let mut rest = vec![0u8; total];
+    s.read_exact(&mut rest).unwrap();
+    [head.to_vec(), rest].concat()
+}
+
+fn tls_ask(s: &mut Tls, c: &mut TestClient, mut build: impl FnMut(&mut TestClient) -> Vec<u8>) -> Response {
+    let first = c.nonce.is_empty();
+    s.write_all(&build(c)).unwrap();
+    let r = c.read(&read_frame(s));
+    if first && r.error == Some(401) {
+        s.write_all(&build(c)).unwrap();
+        return c.read(&read_frame(s));
+    }
+    r
+}
+
+#[test]
+fn coturn_uclient_relays_over_tls_with_no_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    let cfg = tls_config(dir.path(), "threads = 2").replace("[relay]\n", "[relay]\nlegacy_channel_numbers = true\n");
+    let t = Turnd::start_in(&cfg, dir);
+    let peer_port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("turnutils_peer (bash .ci/deps)");
+    std::thread::sleep(Duration::from_millis(200));
+    let port = tls_addr(&t).port().to_string();
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "turnutils_uclient",
+            "-t",
+            "-S",
+            "-c",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+        ])
+        .args([
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "-p",
+            &port,
+            "-n",
+            "40",
+            "-m",
+            "3",
+            "-l",
+            "120",
+            "127.0.0.2",
+        ])
+        .output()
+        .unwrap();
+    let _ = peer.kill();
+    let _ = peer.wait();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("tot_send_msgs=120, tot_recv_msgs=120"), "{text}");
+    assert!(text.contains("Total lost packets 0 (0.000000%)"), "{text}");
+}
+
+#[test]
+fn chromium_connects_over_turns_relay_only() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    let t = Turnd::start_in(&tls_config(dir.path(), "threads = 2"), dir);
+    let ice = serde_json::json!({
+        "urls": format!("turns:127.0.0.2:{}?transport=tcp", tls_addr(&t).port()),
+        "username": "alice",
+        "credential": "wonderland",
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    let out = Command::new("timeout")
+        .args(["90", "node", "relay.mjs", &ice.to_string(), "5"])
+        .current_dir(script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(r["ok"], true, "{r} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(r["pair"]["localType"], "relay", "{r}");
+    assert_eq!(r["pair"]["relayProtocol"], "tls", "{r}");
+}
+
+#[test]
+fn certificate_reload_serves_new_connections_and_keeps_old_ones_relaying() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_cert(dir.path());
+    let certs = dir.path().to_path_buf();
+    let t = Turnd::start_in(&tls_config(dir.path(), "threads = 1"), dir);
+    let addr = tls_addr(&t);
+
+    // An allocation on a TLS connection, relaying to a UDP peer.
+    let (mut old, seen) = tls_connect(addr);
+    assert_eq!(seen, first);
+    let mut alice = TestClient::new("alice", REALM, "wonderland");
+    let r = tls_ask(&mut old, &mut alice, |c| c.allocate());
+    assert!(r.error.is_none(), "{r:?}");
+    let relay = r.relayed[0];
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    assert!(tls_ask(&mut old, &mut alice, |c| c.create_permission(&[peer_addr]))
+        .error
+        .is_none());
+
+    // A broken certificate at reload: logged, and the old one stays.
+    std::fs::write(certs.join("cert.pem"), "not a certificate\n").unwrap();
+    let _ = Command::new("kill").args(["-HUP", &t.pid().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(l) = t.log.recv_timeout(Duration::from_millis(100)) {
+            if l.contains("TLS certificate reload failed") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no log line for the failed reload");
+    }
+    assert_eq!(tls_connect(addr).1, first);
+
+    // A renewed certificate: picked up on SIGHUP.
+    let second = write_cert(&certs);
+    let _ = Command::new("kill").args(["-HUP", &t.pid().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tls_connect(addr).1 != second {
+        assert!(Instant::now() < deadline, "the new certificate was never served");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The old connection still relays, both ways.
+    old.write_all(&alice.send(peer_addr, b"after the renewal")).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"after the renewal");
+    peer.send_to(b"back to you", relay).unwrap();
+    let m = read_frame(&mut old);
+    assert_eq!(
+        Message::parse(&m).unwrap().get(AttrType::DATA).unwrap().value,
+        b"back to you"
+    );
+
+    // A renewal by replacing the files alone (no signal) is picked up too.
+    let third = write_cert(&certs);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tls_connect(addr).1 != third {
+        assert!(Instant::now() < deadline, "the file change was never noticed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_bad_certificate_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    // A key that does not belong to the certificate.
+    let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    std::fs::write(dir.path().join("key.pem"), other.key_pair.serialize_pem()).unwrap();
+    let cfg_path = dir.path().join("turnd.toml");
+    std::fs::write(
+        &cfg_path,
+        common::isolate(&tls_config(dir.path(), "threads = 1"), dir.path()),
+    )
+    .unwrap();
+    let o = Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+    std::fs::write(dir.path().join("cert.pem"), "garbage").unwrap();
+    let o = Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cert.pem"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+struct Udp {
+    sock: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Udp {
+    fn new(server: SocketAddr) -> Udp {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Udp { sock, server }
+    }
+    fn ask(&self, c: &mut TestClient, mut build: impl FnMut(&mut TestClient) -> Vec<u8>) -> Response {
+        let first = c.nonce.is_empty();
+        for attempt in 0..2 {
+            self.sock.send_to(&build(c), self.server).unwrap();
+            let mut buf = [0u8; 2048];
+            let n = self.sock.recv(&mut buf).unwrap();
+            let r = c.read(&buf[..n]);
+            if !(attempt == 0 && first && r.error == Some(401)) {
+                return r;
+            }
+        }
+        unreachable!()
+    }
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn wait_exit(t: &mut Turnd, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = t.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn sigterm_drains_then_exits_when_the_last_allocation_ends() {
+    let mut t = Turnd::start(&turn_config(
+        "threads = 2\nshutdown_grace = \"60s\"\n[metrics]\nlisten = \"127.0.0.1:0\"",
+    ));
+    let http = t.http.unwrap();
+    let udp = Udp::new(t.udp[0]);
+    let mut alice = TestClient::new("alice", REALM, "wonderland");
+    let r = udp.ask(&mut alice, |c| c.allocate());
+    let relay = r.relayed[0];
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    assert!(udp
+        .ask(&mut alice, |c| c.create_permission(&[peer_addr]))
+        .error
+        .is_none());
+    assert_eq!(http_status(http, "/healthz"), 200);
+
+    let _ = Command::new("kill").args(["-TERM", &t.pid().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_status(http, "/healthz") != 503 {
+        assert!(Instant::now() < deadline, "/healthz never turned 503");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Open allocations keep relaying, with no loss.
+    let mut buf = [0u8; 2048];
+    for i in 0..50u8 {
+        udp.sock.send_to(&alice.send(peer_addr, &[i; 40]), udp.server).unwrap();
+        let (n, _) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[i; 40]);
+        peer.send_to(&[i; 30], relay).unwrap();
+        let n = udp.sock.recv(&mut buf).unwrap();
+        assert_eq!(
+            Message::parse(&buf[..n]).unwrap().get(AttrType::DATA).unwrap().value,
+            &[i; 30]
+        );
+    }
+    // New allocations are refused.
+    let fresh = Udp::new(t.udp[0]);
+    assert_eq!(
+        fresh
+            .ask(&mut TestClient::new("alice", REALM, "wonderland"), |c| c.allocate())
+            .error,
+        Some(508)
+    );
+    assert!(t.try_wait().is_none(), "still running while an allocation is open");
+    // The last allocation ends: the process exits 0.
+    assert_eq!(udp.ask(&mut alice, |c| c.refresh(0)).lifetime, Some(0));
+    let status = wait_exit(&mut t, Duration::from_secs(3)).expect("did not exit after the last allocation ended");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once_and_grace_is_bounded() {
+    let mut t = Turnd::start(&turn_config("threads = 1\nshutdown_grace = \"60s\""));
+    let udp = Udp::new(t.udp[0]);
+    assert!(udp
+        .ask(&mut TestClient::new("alice", REALM, "wonderland"), |c| c.allocate())
+        .error
+        .is_none());
+    let _ = Command::new("kill").args(["-TERM", &t.pid().to_string()]).status();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(t.try_wait().is_none(), "draining, not gone");
+    let _ = Command::new("kill").args(["-TERM", &t.pid().to_string()]).status();
+    let status = wait_exit(&mut t, Duration::from_secs(2)).expect("a second SIGTERM must exit at once");
+    assert!(status.success(), "{status:?}");
+
+    let mut t = Turnd::start(&turn_config("threads = 1\nshutdown_grace = \"1s\""));
+    let udp = Udp::new(t.udp[0]);
+    assert!(udp
+        .ask(&mut TestClient::new("alice", REALM, "wonderland"), |c| c.allocate())
+        .error
+        .is_none());
+    let start = Instant::now();
+    let _ = Command::new("kill").args(["-TERM", &t.pid().to_string()]).status();
+    let status = wait_exit(&mut t, Duration::from_secs(5)).expect("shutdown_grace must bound the drain");
+    assert!(status.success());
+    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+}
+
+#[test]
+fn systemd_notify_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Turnd::start_with_env(
+        &turn_config("threads = 2"),
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    // READY means every listener is bound: the UDP listener answers.
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    u.send_to(&common::binding_request([1; 12]), t.udp[0]).unwrap();
+    assert!(u.recv(&mut buf).is_ok());
+    let _ = Command::new("kill").args(["-TERM", &t.pid().to_string()]).status();
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
