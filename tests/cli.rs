@@ -131,6 +131,18 @@ fn bad_configs_report_path_line_col_and_exit_1() {
         ("software = \"\"\n".into(), 1, "software must be"),
         ("this is not toml\n".into(), 1, ""),
         (format!("{listen}{listen}"), 1, "appears twice"),
+        (
+            format!("{listen}protocols = [\"tls\"]\n"),
+            1,
+            "there is no [tls] section",
+        ),
+        (
+            "[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n".into(),
+            1,
+            "no [[listen]] has \"tls\"",
+        ),
+        (format!("{listen}protocols = [\"tcp\", \"tls\"]\n"), 3, "both TCP"),
+        ("shutdown_grace = \"forever\"\n".into(), 1, "invalid duration"),
     ];
     for (text, line, msg) in cases {
         let (l, _c, m) = config_error(text);

@@ -456,3 +456,44 @@ fn systemd_notify_ready_and_stopping() {
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/turnd.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "User=turnd",
+        "StateDirectory=turnd",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "LimitNOFILE=1048576",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing from the unit");
+    }
+    // systemd's own checks, on a copy that points at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("turnd.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/turnd", common::BIN)).unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (bash .ci/deps)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=25"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let level: f64 = text
+        .split("Overall exposure level for turnd.service: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(level <= 2.5, "exposure {level}");
+}
