@@ -195,7 +195,11 @@ fn allocate_needs_a_challenge_then_succeeds_with_integrity() {
     let m = Message::parse(&bytes).unwrap();
     assert_eq!(m.class(), Class::Error);
     assert!(m.get(AttrType::REALM).is_some() && m.get(AttrType::NONCE).is_some());
-    assert!(m.get(AttrType::PASSWORD_ALGORITHMS).is_some());
+    // By default the challenge is as small as it can be: no PASSWORD-ALGORITHMS, a 16-byte
+    // nonce without the RFC 8489 cookie, no reason phrase.
+    assert!(m.get(AttrType::PASSWORD_ALGORITHMS).is_none());
+    assert_eq!(m.get(AttrType::NONCE).unwrap().value.len(), 16);
+    assert_eq!(bytes.len(), 20 + 8 + 4 + 12 + 4 + 16, "401 of {} bytes", bytes.len());
     assert!(!m.has_integrity(), "a 401 cannot be signed");
     assert_eq!(c.read(&bytes).error, Some(401));
     assert_eq!(w.engine.allocation_count(), 0, "a challenge allocates nothing");
@@ -454,8 +458,26 @@ fn other_credentials_on_an_allocation_get_441() {
 }
 
 #[test]
+fn password_algorithms_are_offered_when_configured() {
+    let mut cfg = config();
+    cfg.password_algorithms = true;
+    let mut w = World::new(cfg);
+    let Sent::Reply(bytes) = w.send(&tuple(5000), &alice().allocate()) else {
+        panic!()
+    };
+    let m = Message::parse(&bytes).unwrap();
+    assert_eq!(
+        m.get(AttrType::PASSWORD_ALGORITHMS).unwrap().value,
+        [0, 2, 0, 0, 0, 1, 0, 0]
+    );
+    assert!(m.get(AttrType::NONCE).unwrap().value.starts_with(b"obMatJos2gAAA"));
+}
+
+#[test]
 fn message_integrity_sha256_round_trip() {
-    let mut w = World::new(config());
+    let mut cfg = config();
+    cfg.password_algorithms = true;
+    let mut w = World::new(cfg);
     let mut c = alice();
     c.sha256 = true;
     let t = tuple(5000);

@@ -2,9 +2,10 @@
 //! 5-tuple under a per-process random key. Issuing one allocates nothing, so unauthenticated
 //! traffic creates no server state.
 //!
-//! Format: the RFC 8489 nonce cookie `obMatJos2`, the security feature set `gAAA` (bit 0,
-//! password algorithms), then base64url of 4 bytes of expiry (unix seconds) and 8 bytes of
-//! HMAC-SHA256. 29 bytes in all, which keeps 401 responses small.
+//! Format: base64url of 4 bytes of expiry (unix seconds) and 8 bytes of HMAC-SHA256: 16
+//! bytes, which keeps 401 responses small. When the server offers password algorithms
+//! (RFC 8489 §9.2), the nonce starts with the cookie `obMatJos2` and the security feature
+//! set `gAAA` (bit 0, password algorithms): 29 bytes.
 
 use std::net::SocketAddr;
 
@@ -20,7 +21,7 @@ const PREFIX: &[u8] = b"obMatJos2gAAA";
 const MAC_LEN: usize = 8;
 const BODY_LEN: usize = 16; // base64url of 4 + MAC_LEN bytes
 
-/// Length of every nonce this server issues.
+/// Longest nonce this server issues (with the RFC 8489 cookie).
 pub const NONCE_LEN: usize = PREFIX.len() + BODY_LEN;
 
 /// What a nonce presented by a client turned out to be.
@@ -78,24 +79,27 @@ impl NonceKey {
         out
     }
 
-    /// Issues a nonce for `client` valid until `expiry` (unix seconds).
-    pub fn issue(&self, expiry: u64, client: &FiveTuple) -> [u8; NONCE_LEN] {
+    /// Issues a nonce for `client` valid until `expiry` (unix seconds), with the RFC 8489
+    /// cookie when `cookie` is set. Returns the buffer and the nonce's length in it.
+    pub fn issue(&self, expiry: u64, client: &FiveTuple, cookie: bool) -> ([u8; NONCE_LEN], usize) {
         let expiry = u32::try_from(expiry).unwrap_or(u32::MAX);
         let mut raw = [0u8; 4 + MAC_LEN];
         raw[..4].copy_from_slice(&expiry.to_be_bytes());
         raw[4..].copy_from_slice(&self.mac(expiry, client));
         let mut out = [0u8; NONCE_LEN];
-        out[..PREFIX.len()].copy_from_slice(PREFIX);
+        let start = if cookie { PREFIX.len() } else { 0 };
+        out[..start].copy_from_slice(&PREFIX[..start]);
         // 12 bytes always encode to exactly 16 characters.
-        let _ = URL_SAFE_NO_PAD.encode_slice(raw, &mut out[PREFIX.len()..]);
-        out
+        let _ = URL_SAFE_NO_PAD.encode_slice(raw, &mut out[start..]);
+        (out, start + BODY_LEN)
     }
 
     /// Checks a nonce presented by `client` at `unix_now`.
     pub fn check(&self, nonce: &[u8], unix_now: u64, client: &FiveTuple) -> NonceCheck {
-        let Some(body) = nonce.strip_prefix(PREFIX).filter(|b| b.len() == BODY_LEN) else {
+        let body = nonce.strip_prefix(PREFIX).unwrap_or(nonce);
+        if body.len() != BODY_LEN {
             return NonceCheck::Invalid;
-        };
+        }
         let mut raw = [0u8; 4 + MAC_LEN];
         if URL_SAFE_NO_PAD.decode_slice(body, &mut raw) != Ok(raw.len()) {
             return NonceCheck::Invalid;
@@ -127,17 +131,21 @@ mod tests {
     #[test]
     fn valid_until_expiry_then_stale() {
         let k = NonceKey::from_bytes([1; 32]);
-        let n = k.issue(1000, &tuple(5000));
-        assert_eq!(n.len(), NONCE_LEN);
+        let (n, len) = k.issue(1000, &tuple(5000), true);
+        let n = &n[..len];
+        assert_eq!(len, NONCE_LEN);
         assert!(n.starts_with(b"obMatJos2gAAA"));
-        assert_eq!(k.check(&n, 999, &tuple(5000)), NonceCheck::Valid);
-        assert_eq!(k.check(&n, 1000, &tuple(5000)), NonceCheck::Expired);
+        assert_eq!(k.check(n, 999, &tuple(5000)), NonceCheck::Valid);
+        assert_eq!(k.check(n, 1000, &tuple(5000)), NonceCheck::Expired);
+        let (plain, len) = k.issue(1000, &tuple(5000), false);
+        assert_eq!(len, 16, "without the cookie a nonce is 16 bytes");
+        assert_eq!(k.check(&plain[..len], 999, &tuple(5000)), NonceCheck::Valid);
     }
 
     #[test]
     fn bound_to_client_and_key() {
         let k = NonceKey::from_bytes([1; 32]);
-        let n = k.issue(1000, &tuple(5000));
+        let (n, _) = k.issue(1000, &tuple(5000), true);
         assert_eq!(k.check(&n, 0, &tuple(5001)), NonceCheck::Invalid);
         assert_eq!(
             NonceKey::from_bytes([2; 32]).check(&n, 0, &tuple(5000)),

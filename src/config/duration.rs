@@ -76,3 +76,56 @@ mod tests {
         }
     }
 }
+
+/// Parses a size such as "64KiB", "2MiB", "10MB", "1500" (bytes). Returns a config error
+/// message on failure.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {s:?}: expected e.g. \"64KiB\", \"2MiB\", \"10MB\", \"1500\"");
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let unit: u64 = match t[digits..].trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit).ok_or_else(bad)
+}
+
+/// Formats a size the way [`parse_size`] reads it.
+pub fn format_size(n: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if n >= unit && n % unit == 0 {
+            return format!("{}{name}", n / unit);
+        }
+    }
+    n.to_string()
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1500"), Ok(1500));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "MiB", "1.5MiB", "-1", "12 parsecs"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        for s in ["64KiB", "2MiB", "1500", "0"] {
+            assert_eq!(format_size(parse_size(s).unwrap()), s);
+        }
+    }
+}

@@ -18,7 +18,7 @@ use toml::Spanned;
 use crate::auth::{Credentials, RestSecrets, StaticUsers};
 use crate::server::{EngineConfig, PeerPolicy, PortRange};
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, format_size, parse_duration, parse_size};
 
 /// The embedded default configuration.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -133,6 +133,10 @@ pub struct RelayConfig {
     pub max_allocations_per_user: u32,
     /// Accept RFC 5766's channel numbers 0x5000..=0x7FFE as well as RFC 8656's.
     pub legacy_channel_numbers: bool,
+    /// Relayed bytes per second per allocation (both directions); 0 means no limit.
+    pub bandwidth_per_allocation: u64,
+    /// Relayed bytes per second for the whole server; 0 means no limit.
+    pub bandwidth_total: u64,
 }
 
 /// A user from `[[auth.users]]`.
@@ -157,6 +161,8 @@ pub struct AuthConfig {
     pub secrets: Vec<String>,
     pub users: Vec<InlineUser>,
     pub nonce_lifetime: Duration,
+    /// Offer SHA-256 (PASSWORD-ALGORITHMS) as well as MD5.
+    pub sha256: bool,
 }
 
 impl fmt::Debug for AuthConfig {
@@ -166,6 +172,7 @@ impl fmt::Debug for AuthConfig {
             .field("secrets", &self.secrets.len())
             .field("users", &self.users)
             .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("sha256", &self.sha256)
             .finish()
     }
 }
@@ -192,11 +199,16 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// How long SIGTERM lets open allocations go on before the process exits.
     pub shutdown_grace: Duration,
+    /// `limits.unauthenticated_rate`: unauthenticated responses per second per source IP.
+    pub unauthenticated_rate: u32,
     pub log: LogConfig,
 }
 
 const DEFAULT_REALM: &str = "turnd";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Generous for a NAT full of users, small enough that one source cannot use the server as
+/// a reflector.
+const DEFAULT_UNAUTHENTICATED_RATE: u32 = 200;
 const DEFAULT_RELAY_ADDRESSES: [&str; 2] = ["0.0.0.0", "::"];
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
@@ -234,7 +246,16 @@ struct RawConfig {
     #[serde(default)]
     shutdown_grace: Option<Spanned<String>>,
     #[serde(default)]
+    limits: Option<RawLimits>,
+    #[serde(default)]
     log: Option<RawLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    unauthenticated_rate: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +296,10 @@ struct RawRelay {
     max_allocations_per_user: Option<Spanned<i64>>,
     #[serde(default)]
     legacy_channel_numbers: Option<bool>,
+    #[serde(default)]
+    bandwidth_per_allocation: Option<Spanned<String>>,
+    #[serde(default)]
+    bandwidth_total: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -288,6 +313,8 @@ struct RawAuth {
     users: Option<Vec<RawUser>>,
     #[serde(default)]
     nonce_lifetime: Option<Spanned<String>>,
+    #[serde(default)]
+    password_algorithms: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -501,6 +528,18 @@ impl Config {
             }
             None => None,
         };
+        let unauthenticated_rate = match raw.limits.unwrap_or_default().unauthenticated_rate {
+            None => DEFAULT_UNAUTHENTICATED_RATE,
+            Some(n) => u32::try_from(*n.get_ref()).map_err(|_| {
+                cx.err(
+                    n.span(),
+                    format!(
+                        "limits.unauthenticated_rate must be 0 (no limit) or more, got {}",
+                        n.get_ref()
+                    ),
+                )
+            })?,
+        };
         let shutdown_grace = match raw.shutdown_grace {
             None => DEFAULT_SHUTDOWN_GRACE,
             Some(s) => parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
@@ -519,6 +558,7 @@ impl Config {
             admin_socket,
             tls,
             shutdown_grace,
+            unauthenticated_rate,
             log,
         })
     }
@@ -542,6 +582,10 @@ impl Config {
                 crate::proto::ChannelNumber::RFC8656_MAX
             },
             draining: false,
+            password_algorithms: self.auth.sha256,
+            unauthenticated_rate: self.unauthenticated_rate,
+            bandwidth_per_allocation: self.relay.bandwidth_per_allocation,
+            bandwidth_total: self.relay.bandwidth_total,
         }
     }
 
@@ -632,6 +676,7 @@ impl Config {
             realm: &'a str,
             listen: Vec<OutListen>,
             relay: OutRelay,
+            limits: OutLimits,
             auth: OutAuth,
             peers: OutPeers,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -654,6 +699,12 @@ impl Config {
             max_allocations: u32,
             max_allocations_per_user: u32,
             legacy_channel_numbers: bool,
+            bandwidth_per_allocation: String,
+            bandwidth_total: String,
+        }
+        #[derive(Serialize)]
+        struct OutLimits {
+            unauthenticated_rate: u32,
         }
         #[derive(Serialize)]
         struct OutAdmin {
@@ -664,6 +715,7 @@ impl Config {
             users_file: String,
             // Secrets and passwords are never printed.
             secrets: Vec<&'static str>,
+            password_algorithms: Vec<&'static str>,
             nonce_lifetime: String,
             users: Vec<OutUser>,
         }
@@ -705,10 +757,20 @@ impl Config {
                 max_allocations: self.relay.max_allocations,
                 max_allocations_per_user: self.relay.max_allocations_per_user,
                 legacy_channel_numbers: self.relay.legacy_channel_numbers,
+                bandwidth_per_allocation: format_size(self.relay.bandwidth_per_allocation),
+                bandwidth_total: format_size(self.relay.bandwidth_total),
+            },
+            limits: OutLimits {
+                unauthenticated_rate: self.unauthenticated_rate,
             },
             auth: OutAuth {
                 users_file: self.auth.users_file.display().to_string(),
                 secrets: self.auth.secrets.iter().map(|_| REDACTED).collect(),
+                password_algorithms: if self.auth.sha256 {
+                    vec!["sha256", "md5"]
+                } else {
+                    vec!["md5"]
+                },
                 nonce_lifetime: format_duration(self.auth.nonce_lifetime),
                 users: self
                     .auth
@@ -848,6 +910,14 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
             "relay.max_allocations_per_user",
         )?,
         legacy_channel_numbers: raw.legacy_channel_numbers.unwrap_or(false),
+        bandwidth_per_allocation: match raw.bandwidth_per_allocation {
+            None => 0,
+            Some(s) => parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
+        },
+        bandwidth_total: match raw.bandwidth_total {
+            None => 0,
+            Some(s) => parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
+        },
     })
 }
 
@@ -899,7 +969,36 @@ fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> 
         Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "auth.users_file is empty")),
         Some(p) => PathBuf::from(p.into_inner()),
     };
+    let sha256 = match raw.password_algorithms {
+        None => false,
+        Some(list) => {
+            let span = list.span();
+            let mut sha256 = false;
+            let mut md5 = false;
+            for a in list.into_inner() {
+                match a.get_ref().as_str() {
+                    "md5" => md5 = true,
+                    "sha256" => sha256 = true,
+                    other => {
+                        return Err(cx.err(
+                            a.span(),
+                            format!("unknown password algorithm {other:?}: use \"md5\" and \"sha256\""),
+                        ))
+                    }
+                }
+            }
+            if !md5 {
+                // RFC 5389 clients (browsers among them) know only MD5.
+                return Err(cx.err(
+                    span,
+                    "auth.password_algorithms must include \"md5\", which every client knows",
+                ));
+            }
+            sha256
+        }
+    };
     Ok(AuthConfig {
+        sha256,
         users_file,
         secrets,
         users,

@@ -52,6 +52,10 @@ label_enum! {
         no_permission,
         /// A TCP client too slow to take the data relayed to it.
         client_backpressure,
+        /// An unauthenticated request over its source's rate limit (no answer sent).
+        rate_limited,
+        /// Relayed data over an allocation's or the server's bandwidth limit.
+        bandwidth,
     }
 }
 

@@ -239,7 +239,7 @@ impl Server {
             commands.push(cmd_tx);
             let h = std::thread::Builder::new()
                 .name(format!("turnd-shard-{i}"))
-                .spawn(move || run_shard(i, s, config_rx, cmd_rx, shared, clock, stop_rx))
+                .spawn(move || run_shard(i, shards as u32, s, config_rx, cmd_rx, shared, clock, stop_rx))
                 .map_err(|e| bind_err("thread", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
             handles.push(h);
         }
@@ -316,8 +316,10 @@ fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> 
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_shard(
     index: usize,
+    count: u32,
     sockets: ShardSockets,
     mut config: watch::Receiver<Arc<EngineConfig>>,
     mut commands: mpsc::UnboundedReceiver<ShardCommand>,
@@ -335,7 +337,14 @@ fn run_shard(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let shard = shard::Shard::new(|io| Engine::new(engine_config, shared, io, clock), stop.clone());
+        let shard = shard::Shard::new(
+            |io| {
+                let mut e = Engine::new(engine_config, shared, io, clock);
+                e.set_shards(count);
+                e
+            },
+            stop.clone(),
+        );
         for s in sockets.udp {
             match udp::UdpListener::new(s) {
                 Ok(l) => {

@@ -119,6 +119,14 @@ impl<'b> MessageWriter<'b> {
         Ok(())
     }
 
+    /// Appends ERROR-CODE with an empty reason phrase: the shortest form, for responses to
+    /// unauthenticated requests, where every byte is a byte an attacker can reflect.
+    pub fn error_code_bare(&mut self, code: ErrorCode) -> Result<(), EncodeError> {
+        let v = self.reserve(AttrType::ERROR_CODE, 4)?;
+        v.copy_from_slice(&[0, 0, code.class(), code.number()]);
+        Ok(())
+    }
+
     /// Appends UNKNOWN-ATTRIBUTES listing `types`.
     pub fn unknown_attributes(&mut self, types: &[AttrType]) -> Result<(), EncodeError> {
         let v = self.reserve(AttrType::UNKNOWN_ATTRIBUTES, types.len() * 2)?;

@@ -63,6 +63,8 @@ pub struct Allocation<S> {
     pub channels: HashMap<u16, Channel>,
     pub channel_by_peer: HashMap<SocketAddr, u16>,
     pub traffic: Traffic,
+    /// Relayed bytes per second (`bandwidth_per_allocation`).
+    pub(crate) bandwidth: super::Bucket,
     /// The deadline this allocation currently has in the timer heap.
     pub(crate) scheduled: Option<Instant>,
 }

@@ -91,6 +91,17 @@ pub struct EngineConfig {
     pub max_channel: u16,
     /// Shutting down: refuse new Allocates, keep serving the open allocations.
     pub draining: bool,
+    /// Offer PASSWORD-ALGORITHMS (SHA-256 and MD5) with the RFC 8489 nonce cookie in 401 and
+    /// 438. Off, challenges are 25 bytes smaller; MESSAGE-INTEGRITY-SHA256 is accepted either way.
+    pub password_algorithms: bool,
+    /// Unauthenticated responses (Binding, challenges, errors before authentication) per
+    /// second per source IP; 0 means no limit.
+    pub unauthenticated_rate: u32,
+    /// Relayed bytes per second per allocation, both directions together; 0 means no limit.
+    pub bandwidth_per_allocation: u64,
+    /// Relayed bytes per second for the whole server; 0 means no limit. Each shard enforces
+    /// its share.
+    pub bandwidth_total: u64,
 }
 
 impl Default for EngineConfig {
@@ -108,7 +119,94 @@ impl Default for EngineConfig {
             peers: PeerPolicy::default(),
             max_channel: crate::proto::ChannelNumber::RFC8656_MAX,
             draining: false,
+            password_algorithms: false,
+            unauthenticated_rate: 0,
+            bandwidth_per_allocation: 0,
+            bandwidth_total: 0,
         }
+    }
+}
+
+/// A token bucket of bytes: `rate` per second, holding up to one second's worth.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl Bucket {
+    pub(crate) const fn new() -> Self {
+        Bucket {
+            tokens: f64::MAX,
+            last: None,
+        }
+    }
+
+    /// Takes `n` tokens if there are enough; `rate` 0 means unlimited.
+    pub(crate) fn take(&mut self, now: Instant, rate: u64, n: usize) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let cap = rate as f64;
+        let refill = self
+            .last
+            .map_or(cap, |l| now.saturating_duration_since(l).as_secs_f64() * cap);
+        self.tokens = (self.tokens.min(cap) + refill).min(cap);
+        self.last = Some(now);
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Limits unauthenticated responses per source IP with two rows of hashed token buckets
+/// (a count-min sketch): fixed memory, whatever the number of sources, so a spoofed flood
+/// creates no state; an address is limited only when both of its buckets are empty.
+struct SourceLimiter {
+    rows: Box<[[(f32, u32); 2]]>,
+    hashers: [std::collections::hash_map::RandomState; 2],
+    start: Instant,
+}
+
+impl SourceLimiter {
+    const BUCKETS: usize = 4096;
+
+    fn new(start: Instant) -> Self {
+        SourceLimiter {
+            rows: vec![[(0.0, 0); 2]; Self::BUCKETS].into_boxed_slice(),
+            hashers: [Default::default(), Default::default()],
+            start,
+        }
+    }
+
+    fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32) -> bool {
+        use std::hash::BuildHasher;
+        if rate == 0 {
+            return true;
+        }
+        let ms = u32::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u32::MAX);
+        let rate = rate as f32;
+        let idx = [0, 1].map(|r| (self.hashers[r].hash_one(ip) as usize) % Self::BUCKETS);
+        let mut level = [0f32; 2];
+        for r in 0..2 {
+            let (tokens, last) = self.rows[idx[r]][r];
+            // A bucket never touched starts full.
+            let refill = if last == 0 {
+                rate
+            } else {
+                ms.saturating_sub(last) as f32 * rate / 1000.0
+            };
+            level[r] = (tokens + refill).min(rate);
+        }
+        let ok = level[0] >= 1.0 || level[1] >= 1.0;
+        for r in 0..2 {
+            let take = if ok { 1.0 } else { 0.0 };
+            self.rows[idx[r]][r] = ((level[r] - take).max(0.0), ms.max(1));
+        }
+        ok
     }
 }
 
@@ -335,6 +433,12 @@ pub struct Engine<R: RelayIo> {
     /// Transaction IDs of Data indications: a random base and a counter (they need to be
     /// unique, not secret; no response ever refers to them).
     indication_tid: (u128, u64),
+    limiter: SourceLimiter,
+    /// This shard's share of `bandwidth_total`.
+    shard_bandwidth: Bucket,
+    shards: u32,
+    /// Whether the reply being built carries integrity (set by authenticated requests).
+    signed_reply: bool,
 }
 
 impl<R: RelayIo> Engine<R> {
@@ -345,11 +449,33 @@ impl<R: RelayIo> Engine<R> {
             config,
             shared,
             io,
-            clock,
             table: allocation::Table::default(),
             log_limiter: LogLimiter::new(),
             indication_tid: (u128::from_le_bytes(base), 0),
+            limiter: SourceLimiter::new(clock.at),
+            clock,
+            shard_bandwidth: Bucket::new(),
+            shards: 1,
+            signed_reply: false,
         }
+    }
+
+    /// How many shards share `bandwidth_total` (set by the driver).
+    pub fn set_shards(&mut self, shards: u32) {
+        self.shards = shards.max(1);
+    }
+
+    /// Whether `n` relayed bytes fit in the allocation's and the shard's bandwidth.
+    fn bandwidth_ok(
+        bucket: &mut Bucket,
+        shard: &mut Bucket,
+        config: &EngineConfig,
+        shards: u32,
+        now: Instant,
+        n: usize,
+    ) -> bool {
+        bucket.take(now, config.bandwidth_per_allocation, n)
+            && shard.take(now, config.bandwidth_total / u64::from(shards), n)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -451,17 +577,29 @@ impl<R: RelayIo> Engine<R> {
             }
         }
 
-        if n_unknown > 0 {
-            return self.error(&msg, ErrorCode::UNKNOWN_ATTRIBUTE, &unknown[..n_unknown], out);
-        }
-
-        match msg.method() {
-            Method::BINDING => self.binding(&msg, tuple, out),
-            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
-                self.turn_request(now, tuple, &msg, out)
+        self.signed_reply = false;
+        let reply = if n_unknown > 0 {
+            self.error(&msg, ErrorCode::UNKNOWN_ATTRIBUTE, &unknown[..n_unknown], out)
+        } else {
+            match msg.method() {
+                Method::BINDING => self.binding(&msg, tuple, out),
+                Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
+                    self.turn_request(now, tuple, &msg, out)
+                }
+                _ => self.error(&msg, ErrorCode::BAD_REQUEST, &[], out),
             }
-            _ => self.error(&msg, ErrorCode::BAD_REQUEST, &[], out),
+        };
+        // Every answer to an unauthenticated request counts against its source's budget.
+        if matches!(reply, Output::Reply(_))
+            && !self.signed_reply
+            && !self
+                .limiter
+                .allow(now, tuple.client.ip(), self.config.unauthenticated_rate)
+        {
+            self.shared.metrics.dropped(DropReason::rate_limited);
+            return Output::None;
         }
+        reply
     }
 
     /// Handles a datagram that relay socket `token` received from `peer`. Returns what to
@@ -484,6 +622,17 @@ impl<R: RelayIo> Engine<R> {
         let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
         if !a.has_permission(peer.ip(), now) {
             metrics.dropped(DropReason::no_permission);
+            return None;
+        }
+        if !Self::bandwidth_ok(
+            &mut a.bandwidth,
+            &mut self.shard_bandwidth,
+            &self.config,
+            self.shards,
+            now,
+            data.len(),
+        ) {
+            metrics.dropped(DropReason::bandwidth);
             return None;
         }
         let tuple = a.tuple;
@@ -603,6 +752,17 @@ impl<R: RelayIo> Engine<R> {
             metrics.dropped(DropReason::no_permission);
             return Output::None;
         }
+        if !Self::bandwidth_ok(
+            &mut a.bandwidth,
+            &mut self.shard_bandwidth,
+            &self.config,
+            self.shards,
+            now,
+            cd.data.len(),
+        ) {
+            metrics.dropped(DropReason::bandwidth);
+            return Output::None;
+        }
         a.traffic.to_peer_packets += 1;
         a.traffic.to_peer_bytes += cd.data.len() as u64;
         metrics.relayed(crate::metrics::Direction::client_to_peer, cd.data.len());
@@ -638,8 +798,9 @@ impl<R: RelayIo> Engine<R> {
         out: &mut [u8],
     ) -> Output<'x, R::Socket> {
         let typ = MessageType::new(msg.method(), Class::Error);
+        // Unauthenticated: no reason phrase, the smallest answer that says what went wrong.
         let len = self.respond(msg, typ, out, None, |w| {
-            w.error_code(code)?;
+            w.error_code_bare(code)?;
             if !unknown.is_empty() {
                 w.unknown_attributes(unknown)?;
             }

@@ -83,6 +83,27 @@ impl<R: RelayIo> Engine<R> {
         out: &mut [u8],
     ) -> Output<'x, R::Socket> {
         let method = method_label(msg.method());
+        // Requests that cannot succeed whatever their credentials are answered before
+        // authentication, with a small error instead of a larger challenge: this caps what a
+        // spoofed request can reflect (RFC 8656 would authenticate first; the answer would be
+        // the same).
+        let has_allocation = self.table.id_for(tuple).is_some();
+        if msg.method() == Method::ALLOCATE && msg.get(AttrType::REQUESTED_TRANSPORT).is_none() && !has_allocation {
+            self.shared.metrics.turn_request(method, false);
+            self.log_refusal(now, tuple, msg, ErrorCode::BAD_REQUEST, "missing REQUESTED-TRANSPORT");
+            return self.error(msg, ErrorCode::BAD_REQUEST, &[], out);
+        }
+        if msg.method() != Method::ALLOCATE && !has_allocation {
+            self.shared.metrics.turn_request(method, false);
+            self.log_refusal(
+                now,
+                tuple,
+                msg,
+                ErrorCode::ALLOCATION_MISMATCH,
+                "no allocation on this 5-tuple",
+            );
+            return self.error(msg, ErrorCode::ALLOCATION_MISMATCH, &[], out);
+        }
         let credentials = self.shared.credentials();
         if !credentials.is_configured() {
             self.shared.metrics.turn_request(method, false);
@@ -109,6 +130,7 @@ impl<R: RelayIo> Engine<R> {
             _ => self.channel_bind(now, tuple, msg, &auth),
         };
         self.shared.metrics.turn_request(method, result.is_ok());
+        self.signed_reply = true;
         let key = Some(auth.key());
         let len = match result {
             Ok(outcome) => {
@@ -270,14 +292,20 @@ impl<R: RelayIo> Engine<R> {
             self.log_auth(now, tuple, msg, f);
         }
         let expiry = self.clock.unix_secs(now) + self.config.nonce_lifetime.as_secs();
-        let nonce: [u8; NONCE_LEN] = self.shared.nonce_key.issue(expiry, tuple);
+        let offer = self.config.password_algorithms;
+        let (nonce, nonce_len): ([u8; NONCE_LEN], usize) = self.shared.nonce_key.issue(expiry, tuple, offer);
         let typ = MessageType::new(msg.method(), Class::Error);
         let realm = self.config.realm.clone();
+        // A challenge goes to anyone, so it is as small as the protocol allows: no reason
+        // phrase, and PASSWORD-ALGORITHMS only when SHA-256 is offered.
         let len = self.respond(msg, typ, out, None, |w| {
-            w.error_code(code)?;
+            w.error_code_bare(code)?;
             w.attr(AttrType::REALM, realm.as_bytes())?;
-            w.attr(AttrType::NONCE, &nonce)?;
-            w.attr(AttrType::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS)
+            w.attr(AttrType::NONCE, &nonce[..nonce_len])?;
+            if offer {
+                w.attr(AttrType::PASSWORD_ALGORITHMS, &PASSWORD_ALGORITHMS)?;
+            }
+            Ok(())
         });
         len.map_or(Output::None, Output::Reply)
     }
@@ -464,6 +492,7 @@ impl<R: RelayIo> Engine<R> {
             channels: Default::default(),
             channel_by_peer: Default::default(),
             traffic: Traffic::default(),
+            bandwidth: super::Bucket::new(),
             scheduled: None,
         };
         self.table.insert(id, a, now);
@@ -739,6 +768,17 @@ impl<R: RelayIo> Engine<R> {
         let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
         if !a.has_permission(peer.ip(), now) {
             metrics.dropped(DropReason::no_permission);
+            return Output::None;
+        }
+        if !Self::bandwidth_ok(
+            &mut a.bandwidth,
+            &mut self.shard_bandwidth,
+            &self.config,
+            self.shards,
+            now,
+            data.value.len(),
+        ) {
+            metrics.dropped(DropReason::bandwidth);
             return Output::None;
         }
         a.traffic.to_peer_packets += 1;
