@@ -103,7 +103,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Formats a size the way [`parse_size`] reads it.
 pub fn format_size(n: u64) -> String {
     for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-        if n >= unit && n % unit == 0 {
+        if n >= unit && n.is_multiple_of(unit) {
             return format!("{}{name}", n / unit);
         }
     }
