@@ -745,3 +745,238 @@ fn relay_external_is_advertised_while_the_socket_binds_locally() {
     );
     assert_eq!(relay.bound.ip(), IpAddr::from([127, 0, 0, 1]));
 }
+
+// ---- Regressions for each class of coturn's security history ----
+
+/// CVE-2018-4058, CVE-2020-26262, CVE-2026-27624: peers in loopback and unspecified ranges,
+/// in every spelling, refused on CreatePermission, ChannelBind and Send.
+#[test]
+fn peer_address_bypasses_are_refused_on_every_path() {
+    let mut cfg = config();
+    cfg.peers = PeerPolicy::default();
+    cfg.relay_addresses = vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()];
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        })
+    });
+    success(&r);
+    assert_eq!(r.relayed.len(), 2, "dual allocation, so both families are reachable");
+    let peers = [
+        "127.0.0.1:9",
+        "127.1.2.3:9",
+        "0.0.0.0:9",
+        "[::]:9",
+        "[::1]:9",
+        "[::ffff:127.0.0.1]:9",
+        "[::ffff:0.0.0.0]:9",
+        "[::127.0.0.1]:9",
+        "[64:ff9b::7f00:1]:9",
+        "[2002:7f00:1::]:9",
+        "10.0.0.1:9",
+        "192.168.0.1:9",
+        "172.16.0.1:9",
+        "169.254.169.254:80",
+        "100.64.0.1:9",
+        "224.0.0.1:9",
+        "255.255.255.255:9",
+        "[fe80::1]:9",
+        "[fd00::1]:9",
+        "[ff02::1]:9",
+        "[::ffff:169.254.169.254]:80",
+    ];
+    for (i, p) in peers.iter().enumerate() {
+        let p: SocketAddr = p.parse().unwrap();
+        assert_eq!(
+            w.ask(&mut c, &t, |c| c.create_permission(&[p])).error,
+            Some(403),
+            "CreatePermission {p}"
+        );
+        assert_eq!(
+            w.ask(&mut c, &t, |c| c.channel_bind(0x4000 + i as u16, p)).error,
+            Some(403),
+            "ChannelBind {p}"
+        );
+        assert!(matches!(w.send(&t, &c.send(p, b"x")), Sent::None), "Send {p}");
+    }
+    assert_eq!(w.metrics.permissions_active(), 0);
+    assert_eq!(w.metrics.relay_packets(Direction::client_to_peer), 0);
+}
+
+/// CVE-2020-4067: uninitialised padding leaked memory. Every response is written into a
+/// poisoned buffer here, and every padding byte must come out zero.
+#[test]
+fn padding_bytes_are_zero_in_every_response() {
+    fn assert_padding_zero(bytes: &[u8], what: &str) {
+        if bytes.first().is_some_and(|b| b & 0xC0 == 0x40) {
+            let len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
+            assert!(bytes[4 + len..].iter().all(|&b| b == 0), "{what}: ChannelData padding");
+            return;
+        }
+        let mut off = 20;
+        while off < bytes.len() {
+            let vlen = u16::from_be_bytes([bytes[off + 2], bytes[off + 3]]) as usize;
+            let padded = (vlen + 3) & !3;
+            assert!(
+                bytes[off + 4 + vlen..off + 4 + padded].iter().all(|&b| b == 0),
+                "{what}: attribute at {off}"
+            );
+            off += 4 + padded;
+        }
+    }
+    let mut cfg = config();
+    cfg.realm = "odd.realm".into(); // 9 bytes: padded
+    cfg.software = Some("turnd-x".into()); // 7 bytes: padded
+    cfg.password_algorithms = true;
+    let creds = Credentials {
+        users: StaticUsers::new("odd.realm", [("alice".to_string(), "wonderland".to_string())]),
+        ..Credentials::default()
+    };
+    let mut w = World::with(cfg, creds);
+    let mut c = TestClient::new("alice", "odd.realm", "wonderland");
+    c.fingerprint = true;
+    let t = FiveTuple {
+        transport: Transport::Tcp,
+        ..tuple(5000)
+    };
+    let mut reply = |w: &mut World, req: &[u8], what: &str| -> Vec<u8> {
+        w.out.fill(0xAA);
+        let Sent::Reply(bytes) = w.send(&t, req) else {
+            panic!("{what}: no reply")
+        };
+        assert_padding_zero(&bytes, what);
+        bytes
+    };
+    let b = reply(&mut w, &c.allocate(), "401");
+    c.read(&b);
+    let b = reply(&mut w, &c.allocate(), "Allocate success");
+    c.read(&b);
+    // One unknown attribute: UNKNOWN-ATTRIBUTES of 2 bytes needs padding.
+    let mut plain = TestClient::new("x", "y", "z");
+    plain.fingerprint = true;
+    let unknown = plain.request(Method::BINDING, |w| {
+        let _ = w.attr(AttrType(0x7F7F), &[]);
+    });
+    reply(&mut w, &unknown, "420");
+    reply(&mut w, &c.channel_bind(0x3000, peer(1)), "400 signed");
+    reply(
+        &mut w,
+        &c.create_permission(&["10.0.0.1:1".parse().unwrap()]),
+        "403 signed",
+    );
+    reply(&mut w, &c.channel_bind(0x4000, peer(7000)), "ChannelBind success");
+    reply(&mut w, &binding_with_fingerprint(), "Binding success");
+    // Peer data of odd length, as ChannelData and as a Data indication.
+    let token = w.token(&t);
+    w.out.fill(0xAA);
+    let (_, bytes) = w.peer_sends(token, peer(7000), b"odd").unwrap();
+    assert_padding_zero(&bytes, "ChannelData to a TCP client");
+    w.out.fill(0xAA);
+    let (_, bytes) = w.peer_sends(token, peer(7001), b"odd").unwrap();
+    assert_padding_zero(&bytes, "Data indication");
+}
+
+fn binding_with_fingerprint() -> Vec<u8> {
+    let mut c = TestClient::new("x", "y", "z");
+    c.fingerprint = true;
+    c.request(Method::BINDING, |w| {
+        let _ = w.attr(AttrType::SOFTWARE, b"abc");
+    })
+}
+
+/// CVE-2026-40613: misaligned and truncated input. Every prefix of real requests, and
+/// attribute lengths that lie, go through the engine: no panic, and nothing malformed is
+/// answered.
+#[test]
+fn truncated_and_misaligned_input_never_panics_and_is_never_answered() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    let samples = [
+        c.refresh(600),
+        c.create_permission(&[peer(1), peer(2)]),
+        c.channel_bind(0x4001, peer(3)),
+        c.send(peer(1), b"some data here"),
+        TestClient::channel_data(0x4001, b"abcdefg", true),
+        binding_with_fingerprint(),
+    ];
+    for s in &samples {
+        for cut in 0..s.len() {
+            let part = &s[..cut];
+            let answered = matches!(w.send(&t, part), Sent::Reply(_));
+            if cut >= 20 && turnd::proto::Message::parse(part).is_err() {
+                assert!(!answered, "a truncated message was answered");
+            }
+        }
+        // Lying attribute lengths at every attribute offset.
+        for off in (20..s.len().saturating_sub(4)).step_by(2) {
+            for delta in [1u16, 3, 255, 0xFFFF] {
+                let mut m = s.clone();
+                let l = u16::from_be_bytes([m[off + 2], m[off + 3]]).wrapping_add(delta);
+                m[off + 2..off + 4].copy_from_slice(&l.to_be_bytes());
+                let _ = w.send(&t, &m);
+            }
+        }
+    }
+    assert_eq!(w.engine.allocation_count(), 1);
+}
+
+/// CVE-2025-69217: predictable tokens. Relay ports are drawn from the OS CSPRNG, and so is
+/// the nonce key, so two servers never agree on a nonce.
+#[test]
+fn relay_ports_and_nonces_are_unpredictable() {
+    let mut cfg = config();
+    cfg.max_allocations_per_user = 1000;
+    let mut w = World::new(cfg);
+    let mut ports = Vec::new();
+    for i in 0..200 {
+        let r = w.allocate(&mut alice(), &tuple(10_000 + i));
+        ports.push(r.relayed[0].port());
+    }
+    let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), 200);
+    let ascending = ports.windows(2).filter(|p| p[1] == p[0].wrapping_add(1)).count();
+    assert!(ascending < 5, "ports look sequential: {ports:?}");
+    let low = ports.iter().filter(|&&p| p < 57344).count();
+    assert!(
+        (40..160).contains(&low),
+        "ports cover the whole range: {low} of 200 in the lower half"
+    );
+    // Two keys from the OS generator give different nonces for the same client and time.
+    let a = NonceKey::random().unwrap().issue(2_000_000_000, &tuple(1), false);
+    let b = NonceKey::random().unwrap().issue(2_000_000_000, &tuple(1), false);
+    assert_ne!(a, b);
+}
+
+#[test]
+fn bandwidth_caps_drop_and_count_the_excess() {
+    let mut cfg = config();
+    cfg.bandwidth_per_allocation = 1000;
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    let token = w.token(&t);
+    // 1000 bytes per second, both directions together: ten 200-byte packets at once, five pass.
+    let passed = (0..10)
+        .filter(|i| {
+            if i % 2 == 0 {
+                matches!(w.send(&t, &c.send(peer(7000), &[0; 200])), Sent::Relay { .. })
+            } else {
+                w.peer_sends(token, peer(7000), &[0; 200]).is_some()
+            }
+        })
+        .count();
+    assert_eq!(passed, 5);
+    assert_eq!(w.metrics.dropped_packets(DropReason::bandwidth), 5);
+    // A second later the budget is back.
+    let at = w.now + Duration::from_secs(1) - w.start;
+    w.at(at);
+    assert!(w.peer_sends(token, peer(7000), &[0; 200]).is_some());
+}

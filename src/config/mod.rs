@@ -93,6 +93,8 @@ pub struct Listener {
     pub tls: bool,
     /// Concurrent TCP connections this listener accepts across all shards.
     pub max_connections: usize,
+    /// Concurrent TCP connections from one IP address on this listener.
+    pub max_connections_per_ip: usize,
     /// A TCP connection on which no complete message arrives for this long is closed.
     pub idle_timeout: Duration,
 }
@@ -218,6 +220,7 @@ const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 100;
 pub const MAX_USER_NAME: usize = 256;
 
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
 const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 
 #[derive(Deserialize)]
@@ -339,6 +342,8 @@ struct RawListen {
     protocols: Option<Spanned<Vec<Protocol>>>,
     #[serde(default)]
     max_connections: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_connections_per_ip: Option<Spanned<i64>>,
     #[serde(default)]
     idle_timeout: Option<Spanned<String>>,
 }
@@ -733,6 +738,7 @@ impl Config {
             address: String,
             protocols: Vec<Protocol>,
             max_connections: usize,
+            max_connections_per_ip: usize,
             idle_timeout: String,
         }
         #[derive(Serialize)]
@@ -799,6 +805,7 @@ impl Config {
                         .filter_map(|(on, p)| on.then_some(p))
                         .collect(),
                     max_connections: l.max_connections,
+                    max_connections_per_ip: l.max_connections_per_ip,
                     idle_timeout: format_duration(l.idle_timeout),
                 })
                 .collect(),
@@ -1054,6 +1061,23 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
                 })?
         }
     };
+    let max_connections_per_ip = match raw.max_connections_per_ip {
+        None => DEFAULT_MAX_CONNECTIONS_PER_IP.min(max_connections),
+        Some(m) => {
+            let v = *m.get_ref();
+            usize::try_from(v)
+                .ok()
+                .filter(|&n| (1..=max_connections).contains(&n))
+                .ok_or_else(|| {
+                    cx.err(
+                        m.span(),
+                        format!(
+                            "max_connections_per_ip must be between 1 and max_connections ({max_connections}), got {v}"
+                        ),
+                    )
+                })?
+        }
+    };
     let idle_timeout = match raw.idle_timeout {
         None => parse_duration(DEFAULT_IDLE_TIMEOUT).unwrap_or(Duration::from_secs(60)),
         Some(s) => {
@@ -1070,6 +1094,7 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
         tcp,
         tls,
         max_connections,
+        max_connections_per_ip,
         idle_timeout,
     })
 }

@@ -51,6 +51,56 @@ pub(crate) struct TcpSettings {
     pub idle_timeout: std::time::Duration,
     /// Present on TLS listeners.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Open connections per client IP, across shards.
+    pub per_ip: Arc<PerIp>,
+}
+
+/// Counts connections per client IP for one listener. Taken only at accept and close, never
+/// on the packet path or across an await.
+pub(crate) struct PerIp {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection counted in [`PerIp`]; dropping it gives the slot back.
+pub(crate) struct PerIpSlot {
+    owner: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    pub fn new(max: usize) -> Arc<PerIp> {
+        Arc::new(PerIp {
+            max,
+            open: Default::default(),
+        })
+    }
+
+    /// A slot for a new connection from `ip`, unless it is at the limit.
+    pub fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 struct ShardSockets {
@@ -198,6 +248,7 @@ impl Server {
                         connections: Arc::new(Semaphore::new(l.max_connections)),
                         idle_timeout: l.idle_timeout,
                         tls,
+                        per_ip: PerIp::new(l.max_connections_per_ip),
                     };
                     let mut addr = l.address;
                     for shard in sockets.iter_mut() {

@@ -34,8 +34,12 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
             _ = stop.wait_for(|s| *s) => return,
         };
         match accepted {
-            Ok((stream, peer)) => match settings.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
+            Ok((stream, peer)) => match (
+                settings.connections.clone().try_acquire_owned(),
+                settings.per_ip.acquire(peer.ip()),
+            ) {
+                (Ok(permit), Some(slot)) => {
+                    let permit = (permit, slot);
                     let _ = stream.set_nodelay(true);
                     let server = stream.local_addr().unwrap_or(local);
                     let idle = settings.idle_timeout;
@@ -65,7 +69,8 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
                         }
                     }
                 }
-                Err(_) => {
+                _ => {
+                    // Over the listener's or this IP's cap: closed at once, and counted.
                     shard.engine.borrow().metrics().connection_refused();
                     drop(stream);
                 }
@@ -83,7 +88,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     tuple: FiveTuple,
     idle_timeout: Duration,
     shard: Rc<Shard>,
-    _permit: OwnedSemaphorePermit,
+    _permit: (OwnedSemaphorePermit, super::PerIpSlot),
 ) {
     let out = Rc::new(TcpOut::default());
     shard.tcp.borrow_mut().insert(tuple, out.clone());
