@@ -843,7 +843,7 @@ fn padding_bytes_are_zero_in_every_response() {
         transport: Transport::Tcp,
         ..tuple(5000)
     };
-    let mut reply = |w: &mut World, req: &[u8], what: &str| -> Vec<u8> {
+    let reply = |w: &mut World, req: &[u8], what: &str| -> Vec<u8> {
         w.out.fill(0xAA);
         let Sent::Reply(bytes) = w.send(&t, req) else {
             panic!("{what}: no reply")

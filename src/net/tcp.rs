@@ -126,14 +126,21 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Ok(0)) => return "closed by client",
                 Ok(Err(_)) => return "read error",
                 Ok(Ok(_)) => {
-                    if let Err(why) = frames(&mut buf, tuple, shard, &mut reply, &mut pending) {
-                        let _ = flush(stream, &mut pending, out).await;
-                        return why;
-                    }
+                    let complete = match frames(&mut buf, tuple, shard, &mut reply, &mut pending) {
+                        Ok(n) => n,
+                        Err(why) => {
+                            let _ = flush(stream, &mut pending, out).await;
+                            return why;
+                        }
+                    };
                     if buf.capacity() > 4 * INITIAL_BUFFER && buf.len() < INITIAL_BUFFER {
                         buf.shrink_to(INITIAL_BUFFER);
                     }
-                    deadline = tokio::time::Instant::now() + idle_timeout;
+                    // Only complete messages count as activity: a client dribbling bytes
+                    // that never finish a message (a slowloris) still times out.
+                    if complete > 0 {
+                        deadline = tokio::time::Instant::now() + idle_timeout;
+                    }
                 }
             },
             _ = out.notify.notified() => {}
@@ -145,18 +152,20 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Handles every complete frame in `buf`, queueing replies in `pending`.
+/// Handles every complete frame in `buf`, queueing replies in `pending`. Returns how many
+/// frames were complete.
 fn frames(
     buf: &mut Vec<u8>,
     tuple: &FiveTuple,
     shard: &Rc<Shard>,
     reply: &mut [u8],
     pending: &mut Vec<u8>,
-) -> Result<(), &'static str> {
+) -> Result<usize, &'static str> {
     let now = Instant::now();
     let mut engine = shard.engine.borrow_mut();
     let metrics = engine.metrics().clone();
     let mut consumed = 0;
+    let mut complete = 0;
     let mut answered = false;
     let result = loop {
         let rest = &buf[consumed..];
@@ -176,8 +185,9 @@ fn frames(
                     }
                 }
                 consumed += frame.len();
+                complete += 1;
             }
-            Ok(None) => break Ok(()),
+            Ok(None) => break Ok(complete),
             Err(e) => {
                 metrics.dropped(DropReason::stream_garbage);
                 tracing::debug!(client = %tuple.client, error = %e, "closing TCP connection: not STUN");
