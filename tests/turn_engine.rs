@@ -980,3 +980,23 @@ fn bandwidth_caps_drop_and_count_the_excess() {
     w.at(at);
     assert!(w.peer_sends(token, peer(7000), &[0; 200]).is_some());
 }
+
+#[test]
+fn permissions_per_allocation_are_capped() {
+    let mut cfg = config();
+    cfg.peers = PeerPolicy::new(vec!["127.0.0.0/8".parse().unwrap(), "10.0.0.0/8".parse().unwrap()]);
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    for i in 0..1024u32 {
+        let p = SocketAddr::from((std::net::Ipv4Addr::from(0x0A00_0000 + i), 9));
+        success(&w.ask(&mut c, &t, |c| c.create_permission(&[p])));
+    }
+    let over = SocketAddr::from(([10, 255, 0, 1], 9));
+    assert_eq!(w.ask(&mut c, &t, |c| c.create_permission(&[over])).error, Some(508));
+    assert_eq!(w.ask(&mut c, &t, |c| c.channel_bind(0x4000, over)).error, Some(508));
+    // Refreshing an existing one is still fine.
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&["10.0.0.1:1".parse().unwrap()])));
+    assert_eq!(w.metrics.permissions_active(), 1024);
+}

@@ -11,6 +11,10 @@ use super::relay::AllocationId;
 use super::FiveTuple;
 use crate::proto::TransactionId;
 
+/// Most permissions one allocation may hold; beyond, CreatePermission gets 508. This bounds
+/// an allocation's memory (channels are bounded by the channel-number range).
+pub const MAX_PERMISSIONS: usize = 1024;
+
 /// Permissions last five minutes (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 /// Channel bindings last ten minutes (RFC 8656 §12).

@@ -649,6 +649,30 @@ impl<R: RelayIo> Engine<R> {
         Ok(SocketAddr::new(ip, peer.port()))
     }
 
+    /// 508 when installing permissions for `peers` would pass [`MAX_PERMISSIONS`].
+    fn room_for_permissions(
+        &self,
+        id: AllocationId,
+        peers: &[Option<SocketAddr>],
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        let a = self
+            .table
+            .get(id)
+            .ok_or((ErrorCode::ALLOCATION_MISMATCH, "no allocation"))?;
+        let new = peers
+            .iter()
+            .flatten()
+            .filter(|p| !a.permissions.contains_key(&p.ip()))
+            .count();
+        if a.permissions.len() + new > super::allocation::MAX_PERMISSIONS {
+            return Err((
+                ErrorCode::INSUFFICIENT_CAPACITY,
+                "too many permissions on this allocation",
+            ));
+        }
+        Ok(())
+    }
+
     fn install_permission(&mut self, id: AllocationId, ip: IpAddr, now: Instant) {
         if let Some(a) = self.table.get_mut(id) {
             if a.permissions.insert(ip, now + PERMISSION_LIFETIME).is_none() {
@@ -681,6 +705,7 @@ impl<R: RelayIo> Engine<R> {
         if n == 0 {
             return Err((ErrorCode::BAD_REQUEST, "missing XOR-PEER-ADDRESS"));
         }
+        self.room_for_permissions(id, &peers[..n])?;
         for peer in peers.into_iter().flatten() {
             self.install_permission(id, peer.ip(), now);
         }
@@ -709,6 +734,7 @@ impl<R: RelayIo> Engine<R> {
             .and_then(|a| decode_xor_address(a.value, &msg.transaction_id()).ok())
             .ok_or((ErrorCode::BAD_REQUEST, "missing or malformed XOR-PEER-ADDRESS"))?;
         let peer = self.check_peer(id, peer)?;
+        self.room_for_permissions(id, &[Some(peer)])?;
         let a = self
             .table
             .get_mut(id)
