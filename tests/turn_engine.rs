@@ -1000,3 +1000,25 @@ fn permissions_per_allocation_are_capped() {
     success(&w.ask(&mut c, &t, |c| c.create_permission(&["10.0.0.1:1".parse().unwrap()])));
     assert_eq!(w.metrics.permissions_active(), 1024);
 }
+
+#[test]
+fn the_server_wide_bandwidth_cap_is_shared_by_all_allocations() {
+    let mut cfg = config();
+    cfg.bandwidth_total = 1000;
+    let mut w = World::new(cfg);
+    let (ta, tb) = (tuple(5000), tuple(5001));
+    let (mut a, mut b) = (alice(), alice());
+    success(&w.allocate(&mut a, &ta));
+    success(&w.allocate(&mut b, &tb));
+    success(&w.ask(&mut a, &ta, |c| c.create_permission(&[peer(7000)])));
+    success(&w.ask(&mut b, &tb, |c| c.create_permission(&[peer(7000)])));
+    // Each allocation alone is unlimited; together they get 1000 bytes a second.
+    let passed = (0..10)
+        .filter(|i| {
+            let (t, c) = if i % 2 == 0 { (&ta, &mut a) } else { (&tb, &mut b) };
+            matches!(w.send(t, &c.send(peer(7000), &[0; 200])), Sent::Relay { .. })
+        })
+        .count();
+    assert_eq!(passed, 5);
+    assert_eq!(w.metrics.dropped_packets(DropReason::bandwidth), 5);
+}
