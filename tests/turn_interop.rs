@@ -209,7 +209,13 @@ impl Drop for Peer {
 /// coturn's client picks channel numbers from RFC 5766's wider range, so these runs turn on
 /// `relay.legacy_channel_numbers`; `-c` leaves out RTCP port pairs (EVEN-PORT reservations).
 fn coturn_run(flags: &[&str], rest: bool) {
-    let t = Turnd::start(&turn_config("threads = 2").replace("[relay]\n", "[relay]\nlegacy_channel_numbers = true\n"));
+    coturn_run_sharded(flags, rest, 2);
+}
+
+fn coturn_run_sharded(flags: &[&str], rest: bool, threads: u32) -> (u64, u64) {
+    let t = Turnd::start(
+        &turn_config(&format!("threads = {threads}")).replace("[relay]\n", "[relay]\nlegacy_channel_numbers = true\n"),
+    );
     let peer = Peer::start();
     let tcp = flags.contains(&"-t");
     let server = if tcp { t.tcp[0] } else { t.udp[0] };
@@ -247,6 +253,18 @@ fn coturn_run(flags: &[&str], rest: bool) {
     assert_eq!(totals.sent_bytes, messages * clients * size, "{flags:?}");
     assert_eq!(totals.recv_bytes, messages * clients * size, "{flags:?}");
     assert_eq!(totals.lost, 0, "{flags:?}");
+    (totals.recv_msgs, totals.recv_bytes)
+}
+
+#[test]
+fn one_shard_and_two_shards_behave_the_same() {
+    // Three clients on one address: with two shards, SO_REUSEPORT spreads them.
+    let one = coturn_run_sharded(&[], false, 1);
+    let two = coturn_run_sharded(&[], false, 2);
+    assert_eq!(one, two);
+    let one = coturn_run_sharded(&["-t", "-s"], false, 1);
+    let two = coturn_run_sharded(&["-t", "-s"], false, 2);
+    assert_eq!(one, two);
 }
 
 #[test]
