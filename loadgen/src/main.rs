@@ -83,6 +83,9 @@ struct Args {
     /// Where the responder listens.
     #[arg(long, default_value = "127.0.0.1:3479")]
     listen: SocketAddr,
+    /// The core the server runs on: its busy share during the measurement is reported.
+    #[arg(long, default_value_t = 0)]
+    server_core: usize,
     /// A label copied into the RESULT line (the compare script names the server with it).
     #[arg(long, default_value = "")]
     label: String,
@@ -135,6 +138,49 @@ impl Histogram {
             }
         }
         f64::INFINITY
+    }
+}
+
+/// (busy, total) jiffies of one CPU, from /proc/stat.
+fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&name))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Measures how busy the server's core is between `begin` and `end`.
+struct CoreMeter {
+    cpu: usize,
+    at_begin: Option<(u64, u64)>,
+    busy_pct: Option<f64>,
+}
+
+impl CoreMeter {
+    fn new(cpu: usize) -> Self {
+        CoreMeter {
+            cpu,
+            at_begin: None,
+            busy_pct: None,
+        }
+    }
+    fn begin(&mut self) {
+        self.at_begin = cpu_jiffies(self.cpu);
+    }
+    fn end(&mut self) {
+        if let (Some((b0, t0)), Some((b1, t1))) = (self.at_begin, cpu_jiffies(self.cpu)) {
+            if t1 > t0 {
+                self.busy_pct = Some(100.0 * (b1 - b0) as f64 / (t1 - t0) as f64);
+            }
+        }
+    }
+    fn json(&self) -> String {
+        self.busy_pct
+            .map(|b| format!("{b:.1}"))
+            .unwrap_or_else(|| "null".into())
     }
 }
 
@@ -412,6 +458,8 @@ fn run_flows(args: &Args) -> io::Result<()> {
     let mut lost_reset = 0u64;
     let mut last_scan = 0u64;
 
+    let mut meter = CoreMeter::new(args.server_core);
+    let (mut metering, mut metered) = (false, false);
     let start = Instant::now();
     if !open_loop {
         for f in flows.iter_mut() {
@@ -426,6 +474,14 @@ fn run_flows(args: &Args) -> io::Result<()> {
             break;
         }
         let sending = now < end;
+        if !metering && now >= warm {
+            meter.begin();
+            metering = true;
+        }
+        if !metered && now >= end {
+            meter.end();
+            metered = true;
+        }
         if open_loop && sending {
             let due = ((args.rate * now as f64 / 1e9) as u64).saturating_sub(t.sent);
             let mut left = due.min(256) as usize;
@@ -438,7 +494,7 @@ fn run_flows(args: &Args) -> io::Result<()> {
                 left -= k;
             }
         }
-        epoll.wait(if open_loop { 0 } else { 1 }, &mut ready)?;
+        epoll.wait(0, &mut ready)?;
         for &idx in &ready {
             if idx == peer_index {
                 // The echo peer: send every datagram back where it came from.
@@ -514,7 +570,7 @@ fn run_flows(args: &Args) -> io::Result<()> {
     };
     let (p50, p99, p999) = (hist.quantile_us(0.5), hist.quantile_us(0.99), hist.quantile_us(0.999));
     println!(
-        "{:?} {} {}: {:.0} {unit} ({} flows x {} window{}), p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, sent {}, answered {}, lost {} ({:.3}%)",
+        "{:?} {} {}: {:.0} {unit} ({} flows x {} window{}), p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, sent {}, answered {}, lost {} ({:.3}%), server core {}% busy",
         args.mode,
         args.label,
         args.server,
@@ -528,11 +584,18 @@ fn run_flows(args: &Args) -> io::Result<()> {
         t.sent,
         t.received,
         lost,
-        loss_pct
+        loss_pct,
+        meter.json()
     );
     println!(
-        "RESULT {{\"mode\":\"{:?}\",\"label\":\"{}\",\"rate\":{:.0},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"sent\":{},\"received\":{},\"lost\":{},\"loss_pct\":{:.4},\"unexpected\":{},\"offered\":{}}}",
-        args.mode, args.label, rate, p50, p99, p999, t.sent, t.received, lost, loss_pct, t.unexpected, args.rate
+        "RESULT {{\"mode\":\"{:?}\",\"label\":\"{}\",\"server_core_busy_pct\":{},\"rate\":{:.0},\"p50_us\":{:.2},\"p99_us\":{:.2},\"p999_us\":{:.2},\"sent\":{},\"received\":{},\"lost\":{},\"loss_pct\":{:.4},\"unexpected\":{},\"offered\":{}}}",
+        args.mode,
+        args.label,
+        meter.json(),
+        rate,
+        p50,
+        p99,
+        p999, t.sent, t.received, lost, loss_pct, t.unexpected, args.rate
     );
     Ok(())
 }
@@ -634,9 +697,20 @@ fn run_alloc(args: &Args) -> io::Result<()> {
     let mut buf = [0u8; 2048];
     let mut last_scan = 0;
     let setup_secs;
+    let mut meter = CoreMeter::new(args.server_core);
+    let (mut metering, mut metered) = (false, false);
     loop {
         let now = now_ns(start);
+        if !metering && now >= warm {
+            meter.begin();
+            metering = true;
+        }
+        if !metered && now >= end {
+            meter.end();
+            metered = true;
+        }
         if now >= end || (hold && held == n) {
+            meter.end();
             setup_secs = now as f64 / 1e9;
             break;
         }
@@ -769,12 +843,15 @@ fn run_alloc(args: &Args) -> io::Result<()> {
         let rate = in_window as f64 / args.duration;
         let (p50, p99) = (hist.quantile_us(0.5), hist.quantile_us(0.99));
         println!(
-            "Alloc {} {}: {rate:.0} allocations/s (401 + Allocate, then Refresh 0; {n} sockets), setup p50 {p50:.1} us, p99 {p99:.1} us; {done} in all, {retransmits} retransmits, {reused} retried after 437 on a reused port, {errors} errors",
-            args.label, args.server
+            "Alloc {} {}: {rate:.0} allocations/s (401 + Allocate, then Refresh 0; {n} sockets), setup p50 {p50:.1} us, p99 {p99:.1} us; {done} in all, {retransmits} retransmits, {reused} retried after 437 on a reused port, {errors} errors, server core {}% busy",
+            args.label,
+            args.server,
+            meter.json()
         );
         println!(
-            "RESULT {{\"mode\":\"Alloc\",\"label\":\"{}\",\"rate\":{rate:.0},\"p50_us\":{p50:.2},\"p99_us\":{p99:.2},\"errors\":{errors},\"retransmits\":{retransmits}}}",
-            args.label
+            "RESULT {{\"mode\":\"Alloc\",\"label\":\"{}\",\"server_core_busy_pct\":{},\"rate\":{rate:.0},\"p50_us\":{p50:.2},\"p99_us\":{p99:.2},\"errors\":{errors},\"retransmits\":{retransmits}}}",
+            args.label,
+            meter.json()
         );
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! cross-shard lock. Within a shard, tasks share the engine through `Rc<RefCell<_>>` and
 //! never hold the borrow across an `.await`.
 
+mod batch;
 mod shard;
 mod socket;
 mod tcp;
@@ -400,8 +401,9 @@ fn run_shard(
             match udp::UdpListener::new(s) {
                 Ok(l) => {
                     let l = Rc::new(l);
+                    let i = shard.udp.borrow().len();
                     shard.udp.borrow_mut().push(l.clone());
-                    tokio::task::spawn_local(udp::serve(l, shard.clone()));
+                    tokio::task::spawn_local(udp::serve(l, i, shard.clone()));
                 }
                 Err(e) => tracing::error!(shard = index, error = %e, "cannot register UDP socket"),
             }
@@ -415,6 +417,7 @@ fn run_shard(
             }
         }
         tokio::task::spawn_local(shard::timers(shard.clone()));
+        tokio::task::spawn_local(shard::flusher(shard.clone()));
         let mut stop = stop;
         loop {
             tokio::select! {

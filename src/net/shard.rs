@@ -13,8 +13,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
+use super::batch::ClientTx;
 use super::udp::UdpListener;
-use crate::metrics::DropReason;
+use crate::metrics::{DropReason, Metrics};
 use crate::proto::MAX_MESSAGE_LEN;
 use crate::server::{Engine, FiveTuple, RelayIo, RelayToken, Transport};
 
@@ -76,6 +77,10 @@ pub struct Shard {
     pub engine: RefCell<Engine<NetRelay>>,
     pub udp: RefCell<Vec<Rc<UdpListener>>>,
     pub tcp: RefCell<HashMap<FiveTuple, Rc<TcpOut>>>,
+    /// Datagrams for UDP clients, sent with sendmmsg when a batch ends or by `flusher`.
+    client_tx: RefCell<ClientTx>,
+    /// Wakes `flusher` when relay readers queued datagrams.
+    tx_pending: Notify,
     /// Receive buffer for relay sockets and the buffer their output is framed into.
     bufs: RefCell<RelayBuffers>,
     /// The deadline the timer task sleeps until.
@@ -90,6 +95,8 @@ impl Shard {
             engine: RefCell::new(make_engine(NetRelay { shard: weak.clone() })),
             udp: RefCell::new(Vec::new()),
             tcp: RefCell::new(HashMap::new()),
+            client_tx: RefCell::new(ClientTx::default()),
+            tx_pending: Notify::new(),
             bufs: RefCell::new((
                 vec![0u8; MAX_MESSAGE_LEN].into_boxed_slice(),
                 vec![0u8; MAX_MESSAGE_LEN + 64].into_boxed_slice(),
@@ -110,17 +117,58 @@ impl Shard {
         }
     }
 
-    /// Sends bytes to a client on its 5-tuple: through the UDP listener it used, or queued on
-    /// its TCP connection.
+    /// Queues a datagram for a UDP client on listener `index`; a full queue is sent at once.
+    pub fn queue_udp(
+        &self,
+        index: usize,
+        dest: SocketAddr,
+        src_ip: Option<std::net::IpAddr>,
+        bytes: &[u8],
+        metrics: &Metrics,
+    ) {
+        let full = {
+            let mut tx = self.client_tx.borrow_mut();
+            tx.push(index, dest, src_ip, bytes);
+            tx.is_full()
+        };
+        if full {
+            self.flush_udp(metrics);
+        }
+    }
+
+    /// Sends every queued datagram for UDP clients.
+    pub fn flush_udp(&self, metrics: &Metrics) {
+        let mut tx = self.client_tx.borrow_mut();
+        if tx.is_empty() {
+            return;
+        }
+        let failed = tx.flush(&self.udp.borrow());
+        for _ in 0..failed {
+            metrics.dropped(DropReason::send_failed);
+        }
+    }
+
+    /// Sends bytes to a client on its 5-tuple: queued for the UDP listener it used (and sent
+    /// by `flusher` once the tasks that are ready have run), or queued on its TCP connection.
     pub fn send_to_client(&self, tuple: &FiveTuple, bytes: &[u8], engine: &Engine<NetRelay>) {
         let ok = match tuple.transport {
             Transport::Udp => {
-                let listeners = self.udp.borrow();
-                let l = listeners
-                    .iter()
-                    .find(|l| l.local == tuple.server)
-                    .or_else(|| listeners.iter().find(|l| l.serves(tuple.server)));
-                l.is_some_and(|l| l.send(tuple, bytes).is_ok())
+                let found = {
+                    let listeners = self.udp.borrow();
+                    listeners
+                        .iter()
+                        .position(|l| l.local == tuple.server)
+                        .or_else(|| listeners.iter().position(|l| l.serves(tuple.server)))
+                        .and_then(|i| listeners.get(i).map(|l| (i, l.src_ip(tuple))))
+                };
+                match found {
+                    Some((index, src_ip)) => {
+                        self.queue_udp(index, tuple.client, src_ip, bytes, engine.metrics());
+                        self.tx_pending.notify_one();
+                        true
+                    }
+                    None => false,
+                }
             }
             Transport::Tcp | Transport::Tls => match self.tcp.borrow().get(tuple) {
                 Some(out) => {
@@ -139,6 +187,21 @@ impl Shard {
         if !ok {
             engine.metrics().dropped(DropReason::send_failed);
         }
+    }
+}
+
+/// Sends what relay readers queued for UDP clients. It is woken by the first reader that
+/// queues something and runs after the tasks already scheduled, so the datagrams of every
+/// relay socket that was ready go out in one sendmmsg.
+pub async fn flusher(shard: Rc<Shard>) {
+    let mut stop = shard.stop.clone();
+    loop {
+        tokio::select! {
+            _ = shard.tx_pending.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let metrics = shard.engine.borrow().metrics().clone();
+        shard.flush_udp(&metrics);
     }
 }
 

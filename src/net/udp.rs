@@ -1,13 +1,14 @@
 //! The UDP listener driver: batched receive (recvmmsg, GRO) through quinn-udp, which also
 //! reports the destination address of each datagram, so that a wildcard listener knows the
-//! concrete server address of every 5-tuple and answers from it.
+//! concrete server address of every 5-tuple and answers from it. Answers are queued and sent
+//! with sendmmsg at the end of each batch (see `batch`).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -39,21 +40,15 @@ impl UdpListener {
             && (self.local.ip() == server.ip() || self.local.ip().is_unspecified())
     }
 
-    /// Sends to a client, from the address its 5-tuple names.
-    pub fn send(&self, tuple: &FiveTuple, bytes: &[u8]) -> io::Result<()> {
-        let src_ip: Option<IpAddr> = self.local.ip().is_unspecified().then_some(tuple.server.ip());
-        let t = Transmit {
-            destination: tuple.client,
-            ecn: None,
-            contents: bytes,
-            segment_size: None,
-            src_ip,
-        };
-        self.state.try_send((&self.sock).into(), &t)
+    /// The source address to send to a client from: the server address of its 5-tuple when
+    /// this listener is a wildcard (IP_PKTINFO), else the bound one.
+    pub fn src_ip(&self, tuple: &FiveTuple) -> Option<IpAddr> {
+        self.local.ip().is_unspecified().then_some(tuple.server.ip())
     }
 }
 
-pub async fn serve(listener: Rc<UdpListener>, shard: Rc<Shard>) {
+/// Serves one listener; `index` is its place in the shard's list of UDP listeners.
+pub async fn serve(listener: Rc<UdpListener>, index: usize, shard: Rc<Shard>) {
     let mut stop = shard.stop.clone();
     let mut bufs = vec![0u8; SLOT * BATCH].into_boxed_slice();
     let mut metas = [RecvMeta::default(); BATCH];
@@ -76,14 +71,14 @@ pub async fn serve(listener: Rc<UdpListener>, shard: Rc<Shard>) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(_) => continue,
         };
-        handle_batch(&listener, &shard, &bufs, &metas[..n], &mut tx);
+        handle_batch(&listener, index, &shard, &bufs, &metas[..n], &mut tx);
         tokio::task::yield_now().await;
     }
 }
 
 /// Hands one received batch to the engine and sends what it answers. Synchronous, so the
 /// engine borrow can never span an await.
-fn handle_batch(listener: &UdpListener, shard: &Shard, bufs: &[u8], metas: &[RecvMeta], tx: &mut [u8]) {
+fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8], metas: &[RecvMeta], tx: &mut [u8]) {
     {
         let now = Instant::now();
         let mut engine = shard.engine.borrow_mut();
@@ -108,9 +103,8 @@ fn handle_batch(listener: &UdpListener, shard: &Shard, bufs: &[u8], metas: &[Rec
                     Output::None => {}
                     Output::Reply(len) => {
                         answered = true;
-                        if listener.send(&tuple, &tx[..len]).is_err() {
-                            metrics.dropped(DropReason::send_failed);
-                        }
+                        let reply = tx.get(..len).unwrap_or_default();
+                        shard.queue_udp(index, tuple.client, listener.src_ip(&tuple), reply, &metrics);
                     }
                     Output::Relay { socket, peer, data } => {
                         if socket.send_to(data, peer).is_err() {
@@ -123,5 +117,6 @@ fn handle_batch(listener: &UdpListener, shard: &Shard, bufs: &[u8], metas: &[Rec
         if answered {
             shard.rearm(&mut engine);
         }
+        shard.flush_udp(&metrics);
     }
 }

@@ -1,0 +1,138 @@
+//! Client-bound UDP datagrams queued during one pass of a shard's event loop and sent with
+//! one sendmmsg per listener (nix), instead of one system call each. Binding responses, TURN
+//! responses and relayed Data/ChannelData towards UDP clients all go through here, in the
+//! order they were queued.
+
+use std::io::IoSlice;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+
+use super::udp::UdpListener;
+
+/// Datagrams sent per sendmmsg call; a full queue is flushed at once.
+pub const TX_BATCH: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Pending {
+    /// Index of the listener in the shard's list.
+    listener: usize,
+    dest: SocketAddr,
+    /// The source address to send from, for wildcard listeners (IP_PKTINFO).
+    src_ip: Option<IpAddr>,
+    start: usize,
+    len: usize,
+}
+
+pub struct ClientTx {
+    data: Vec<u8>,
+    items: Vec<Pending>,
+    plain: MultiHeaders<SockaddrStorage>,
+    v4: MultiHeaders<SockaddrStorage>,
+    v6: MultiHeaders<SockaddrStorage>,
+}
+
+impl Default for ClientTx {
+    fn default() -> Self {
+        ClientTx {
+            data: Vec::with_capacity(TX_BATCH * 256),
+            items: Vec::with_capacity(TX_BATCH),
+            plain: MultiHeaders::preallocate(TX_BATCH, None),
+            v4: MultiHeaders::preallocate(TX_BATCH, Some(nix::cmsg_space!(libc::in_pktinfo))),
+            v6: MultiHeaders::preallocate(TX_BATCH, Some(nix::cmsg_space!(libc::in6_pktinfo))),
+        }
+    }
+}
+
+impl ClientTx {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= TX_BATCH
+    }
+
+    /// Queues `bytes` for `dest`, sent from listener `listener` (from `src_ip` if set).
+    pub fn push(&mut self, listener: usize, dest: SocketAddr, src_ip: Option<IpAddr>, bytes: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        self.items.push(Pending {
+            listener,
+            dest,
+            src_ip,
+            start,
+            len: bytes.len(),
+        });
+    }
+
+    /// Sends everything queued. Returns how many datagrams the kernel refused (full socket
+    /// buffer, unreachable destination); they are dropped, as a lost datagram would be.
+    pub fn flush(&mut self, listeners: &[std::rc::Rc<UdpListener>]) -> u64 {
+        let mut failed = 0;
+        let mut i = 0;
+        while i < self.items.len() {
+            let first = self.items[i];
+            let run = self.items[i..]
+                .iter()
+                .take_while(|p| p.listener == first.listener && p.src_ip == first.src_ip)
+                .count();
+            match listeners.get(first.listener) {
+                Some(l) => failed += self.send_run(l, i, run),
+                None => failed += run as u64,
+            }
+            i += run;
+        }
+        self.items.clear();
+        self.data.clear();
+        failed
+    }
+
+    /// Sends items[from..from + n] on one listener, all from the same source address.
+    fn send_run(&mut self, listener: &UdpListener, from: usize, n: usize) -> u64 {
+        let fd = listener.sock.as_raw_fd();
+        let items = &self.items[from..from + n];
+        let slices: Vec<[IoSlice<'_>; 1]> = items
+            .iter()
+            .map(|p| [IoSlice::new(&self.data[p.start..p.start + p.len])])
+            .collect();
+        let addrs: Vec<Option<SockaddrStorage>> = items.iter().map(|p| Some(SockaddrStorage::from(p.dest))).collect();
+        let v4_info;
+        let v6_info;
+        let (headers, cmsgs): (&mut MultiHeaders<SockaddrStorage>, Vec<ControlMessage<'_>>) = match items[0].src_ip {
+            Some(IpAddr::V4(ip)) => {
+                v4_info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(ip.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                (&mut self.v4, vec![ControlMessage::Ipv4PacketInfo(&v4_info)])
+            }
+            Some(IpAddr::V6(ip)) => {
+                v6_info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr { s6_addr: ip.octets() },
+                    ipi6_ifindex: 0,
+                };
+                (&mut self.v6, vec![ControlMessage::Ipv6PacketInfo(&v6_info)])
+            }
+            None => (&mut self.plain, Vec::new()),
+        };
+        let mut failed = 0;
+        let mut sent = 0;
+        while sent < n {
+            let went = sendmmsg(fd, headers, &slices[sent..], &addrs[sent..], &cmsgs, MsgFlags::empty())
+                .map(|r| r.count())
+                .unwrap_or(0);
+            if went == 0 {
+                // The datagram at `sent` was refused: drop it and go on with the rest.
+                failed += 1;
+                sent += 1;
+            }
+            sent += went;
+        }
+        failed
+    }
+}
