@@ -92,15 +92,26 @@ impl ClientTx {
     /// Sends items[from..from + n] on one listener, all from the same source address.
     fn send_run(&mut self, listener: &UdpListener, from: usize, n: usize) -> u64 {
         let fd = listener.sock.as_raw_fd();
-        let items = &self.items[from..from + n];
-        let slices: Vec<[IoSlice<'_>; 1]> = items
-            .iter()
-            .map(|p| [IoSlice::new(&self.data[p.start..p.start + p.len])])
-            .collect();
-        let addrs: Vec<Option<SockaddrStorage>> = items.iter().map(|p| Some(SockaddrStorage::from(p.dest))).collect();
+        let n = n.min(TX_BATCH);
+        let items = self.items.get(from..from + n).unwrap_or_default();
+        if items.is_empty() {
+            return 0;
+        }
+        // Stack arrays, so that no heap allocation happens per batch.
+        let slices: [[IoSlice<'_>; 1]; TX_BATCH] = std::array::from_fn(|k| {
+            [IoSlice::new(
+                items
+                    .get(k)
+                    .and_then(|p| self.data.get(p.start..p.start + p.len))
+                    .unwrap_or_default(),
+            )]
+        });
+        let addrs: [Option<SockaddrStorage>; TX_BATCH] =
+            std::array::from_fn(|k| items.get(k).map(|p| SockaddrStorage::from(p.dest)));
+        let (slices, addrs) = (&slices[..n.min(TX_BATCH)], &addrs[..n.min(TX_BATCH)]);
         let v4_info;
         let v6_info;
-        let (headers, cmsgs): (&mut MultiHeaders<SockaddrStorage>, Vec<ControlMessage<'_>>) = match items[0].src_ip {
+        let (headers, cmsg): (&mut MultiHeaders<SockaddrStorage>, Option<ControlMessage<'_>>) = match items[0].src_ip {
             Some(IpAddr::V4(ip)) => {
                 v4_info = libc::in_pktinfo {
                     ipi_ifindex: 0,
@@ -109,21 +120,22 @@ impl ClientTx {
                     },
                     ipi_addr: libc::in_addr { s_addr: 0 },
                 };
-                (&mut self.v4, vec![ControlMessage::Ipv4PacketInfo(&v4_info)])
+                (&mut self.v4, Some(ControlMessage::Ipv4PacketInfo(&v4_info)))
             }
             Some(IpAddr::V6(ip)) => {
                 v6_info = libc::in6_pktinfo {
                     ipi6_addr: libc::in6_addr { s6_addr: ip.octets() },
                     ipi6_ifindex: 0,
                 };
-                (&mut self.v6, vec![ControlMessage::Ipv6PacketInfo(&v6_info)])
+                (&mut self.v6, Some(ControlMessage::Ipv6PacketInfo(&v6_info)))
             }
-            None => (&mut self.plain, Vec::new()),
+            None => (&mut self.plain, None),
         };
+        let cmsgs = cmsg.as_slice();
         let mut failed = 0;
         let mut sent = 0;
         while sent < n {
-            let went = sendmmsg(fd, headers, &slices[sent..], &addrs[sent..], &cmsgs, MsgFlags::empty())
+            let went = sendmmsg(fd, headers, &slices[sent..], &addrs[sent..], cmsgs, MsgFlags::empty())
                 .map(|r| r.count())
                 .unwrap_or(0);
             if went == 0 {

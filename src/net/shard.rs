@@ -4,11 +4,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
@@ -70,8 +73,16 @@ pub struct TcpOut {
     pub notify: Notify,
 }
 
-/// (receive, transmit) buffers shared by every relay socket of a shard.
-type RelayBuffers = (Box<[u8]>, Box<[u8]>);
+/// Datagrams read from a relay socket per recvmmsg call.
+const RELAY_BATCH: usize = 8;
+/// One receive slot: the largest UDP payload fits.
+const RELAY_SLOT: usize = 64 * 1024;
+
+/// Receive slots shared by every relay socket of a shard, for recvmmsg.
+struct RelayRx {
+    bufs: Box<[u8]>,
+    headers: MultiHeaders<SockaddrStorage>,
+}
 
 pub struct Shard {
     pub engine: RefCell<Engine<NetRelay>>,
@@ -81,8 +92,9 @@ pub struct Shard {
     client_tx: RefCell<ClientTx>,
     /// Wakes `flusher` when relay readers queued datagrams.
     tx_pending: Notify,
-    /// Receive buffer for relay sockets and the buffer their output is framed into.
-    bufs: RefCell<RelayBuffers>,
+    /// Receive slots for relay sockets, and the buffer their output is framed into.
+    relay_rx: RefCell<RelayRx>,
+    relay_tx: RefCell<Box<[u8]>>,
     /// The deadline the timer task sleeps until.
     armed: Cell<Option<Instant>>,
     timer: Notify,
@@ -97,10 +109,11 @@ impl Shard {
             tcp: RefCell::new(HashMap::new()),
             client_tx: RefCell::new(ClientTx::default()),
             tx_pending: Notify::new(),
-            bufs: RefCell::new((
-                vec![0u8; MAX_MESSAGE_LEN].into_boxed_slice(),
-                vec![0u8; MAX_MESSAGE_LEN + 64].into_boxed_slice(),
-            )),
+            relay_rx: RefCell::new(RelayRx {
+                bufs: vec![0u8; RELAY_SLOT * RELAY_BATCH].into_boxed_slice(),
+                headers: MultiHeaders::preallocate(RELAY_BATCH, None),
+            }),
+            relay_tx: RefCell::new(vec![0u8; MAX_MESSAGE_LEN + 64].into_boxed_slice()),
             armed: Cell::new(None),
             timer: Notify::new(),
             stop,
@@ -238,23 +251,63 @@ async fn relay_reader(shard: Weak<Shard>, sock: Rc<UdpSocket>, token: RelayToken
     }
 }
 
-/// Handles up to a batch of datagrams waiting on a relay socket. Synchronous, so no borrow
-/// spans an await.
+/// Handles up to a batch of datagrams waiting on a relay socket, read with recvmmsg.
+/// Synchronous, so no borrow spans an await.
 fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) {
-    {
-        for _ in 0..BATCH {
-            let mut bufs = shard.bufs.borrow_mut();
-            let (rx, tx) = &mut *bufs;
-            let (n, peer) = match sock.try_recv_from(rx) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP errors from earlier sends surface here; they concern one peer only.
-                Err(_) => continue,
-            };
+    let mut rx = shard.relay_rx.borrow_mut();
+    let mut tx = shard.relay_tx.borrow_mut();
+    for _ in 0..BATCH / RELAY_BATCH {
+        let mut got = [(0usize, None::<SocketAddr>); RELAY_BATCH];
+        let mut n = 0;
+        // A short read means the queue is empty: report WouldBlock so that tokio clears the
+        // readiness (it keeps it when a new datagram arrived meanwhile) and no further
+        // system call is spent to learn that.
+        let r = sock.try_io(Interest::READABLE, || {
+            let RelayRx { bufs, headers } = &mut *rx;
+            let mut chunks = bufs.chunks_mut(RELAY_SLOT);
+            let mut slices: [[IoSliceMut<'_>; 1]; RELAY_BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+            let results = recvmmsg(
+                sock.as_raw_fd(),
+                headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            for (slot, m) in got.iter_mut().zip(results) {
+                *slot = (m.bytes, m.address.as_ref().and_then(to_std));
+                n += 1;
+            }
+            if n < RELAY_BATCH {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        for (i, (len, peer)) in got.iter().take(n).enumerate() {
+            let Some(peer) = *peer else { continue };
+            let data = rx
+                .bufs
+                .get(i * RELAY_SLOT..i * RELAY_SLOT + (*len).min(RELAY_SLOT))
+                .unwrap_or_default();
             let mut engine = shard.engine.borrow_mut();
-            if let Some(out) = engine.handle_peer(Instant::now(), token, peer, &rx[..n], tx) {
-                shard.send_to_client(&out.tuple, &tx[..out.len], &engine);
+            if let Some(out) = engine.handle_peer(Instant::now(), token, peer, data, &mut tx) {
+                shard.send_to_client(&out.tuple, tx.get(..out.len).unwrap_or_default(), &engine);
             }
         }
+        match r {
+            Ok(()) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // ICMP errors from earlier sends surface here; they concern one peer only.
+            Err(_) => continue,
+        }
     }
+}
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
