@@ -501,12 +501,13 @@ fn run_flows(args: &Args) -> io::Result<()> {
                 let Some(p) = &peer_sock else { continue };
                 // recvmmsg left each source address and length in its slot, which is what
                 // sendmmsg sends to.
-                let n = echo.recv(p.as_raw_fd(), true)?;
+                let n = echo.recv(p.as_raw_fd(), true).unwrap_or(0);
                 t.echoed += echo.send(p.as_raw_fd(), n, true) as u64;
                 continue;
             }
             let Some(f) = flows.get_mut(idx as usize) else { continue };
-            let n = rx.recv(f.sock.as_raw_fd(), false)?;
+            // An ICMP error (nothing listening yet) surfaces here; it is not an answer.
+            let n = rx.recv(f.sock.as_raw_fd(), false).unwrap_or(0);
             let now = now_ns(start);
             let mut answered = 0;
             for i in 0..n {
@@ -540,7 +541,7 @@ fn run_flows(args: &Args) -> io::Result<()> {
             }
         }
         // Closed loop: a window whose answers were lost is declared lost and refilled.
-        if !open_loop && sending && now - last_scan > 50_000_000 {
+        if !open_loop && sending && now.saturating_sub(last_scan) > 50_000_000 {
             last_scan = now;
             for f in flows.iter_mut() {
                 if now.saturating_sub(f.last_progress) > 200_000_000 {
@@ -737,7 +738,7 @@ fn run_alloc(args: &Args) -> io::Result<()> {
                         done += 1;
                         if (warm..end).contains(&now) {
                             in_window += 1;
-                            hist.record(now - f.started);
+                            hist.record(now.saturating_sub(f.started));
                         }
                         if hold {
                             f.stage = Stage::Held;
@@ -777,10 +778,10 @@ fn run_alloc(args: &Args) -> io::Result<()> {
                 }
             }
         }
-        if now - last_scan > 100_000_000 {
+        if now.saturating_sub(last_scan) > 100_000_000 {
             last_scan = now;
             for f in flows.iter_mut() {
-                if matches!(f.stage, Stage::Challenge | Stage::Auth | Stage::Release) && now - f.sent_at > 1_000_000_000
+                if matches!(f.stage, Stage::Challenge | Stage::Auth | Stage::Release) && now.saturating_sub(f.sent_at) > 1_000_000_000
                 {
                     retransmits += 1;
                     let stage = f.stage;
