@@ -18,6 +18,8 @@ ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 HOLD=${HOLD:-10000}
+# p99 is sensitive to scheduling noise on a shared VM, so the latency point runs more rounds.
+LAT_ROUNDS=${LAT_ROUNDS:-4}
 WRITE=${WRITE:-1}
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
@@ -113,7 +115,7 @@ rates = [r["r"]["rate"] for r in rows if r["server"] == "coturn" and r["workload
 print(int(statistics.median(rates) / 2 / 2))
 EOF
 )
-for round in $(seq "$ROUNDS"); do
+for round in $(seq "$LAT_ROUNDS"); do
   if ((round % 2)); then order=(turnd coturn); else order=(coturn turnd); fi
   for server in "${order[@]}"; do
     measure "$round" "$server" channel --rate "$RATE"
@@ -121,9 +123,9 @@ for round in $(seq "$ROUNDS"); do
 done
 
 TABLE=$OUT/table.md
-python3 - "$RESULTS" "$ROUNDS" "$DURATION" "$HOLD" "$RATE" >"$TABLE" <<'EOF'
+python3 - "$RESULTS" "$ROUNDS" "$DURATION" "$HOLD" "$RATE" "$LAT_ROUNDS" >"$TABLE" <<'EOF'
 import json, statistics, sys, subprocess, datetime
-path, rounds, duration, hold, rate = sys.argv[1:]
+path, rounds, duration, hold, rate, lat_rounds = sys.argv[1:]
 rows = [json.loads(l) for l in open(path)]
 def med(server, workload, key):
     v = [r["r"][key] for r in rows if r["server"] == server and r["workload"] == workload
@@ -137,8 +139,8 @@ def pct(v):
 def ratio(a, b):
     return f"{a / b:.2f}×" if a and b else "n/a"
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print(f"{datetime.date.today()}, commit {rev}, {rounds} rounds of {duration} s per measurement, "
-      f"medians. Server on core 0, turnd-load on core 1.\n")
+print(f"{datetime.date.today()}, commit {rev}, {rounds} rounds of {duration} s per measurement "
+      f"({lat_rounds} for the latency point), medians. Server on core 0, turnd-load on core 1.\n")
 print("| figure | turnd | coturn | turnd / coturn | target | minimal responder | turnd / responder |")
 print("|---|---|---|---|---|---|---|")
 b = [med(s, "binding", "rate") for s in ("turnd", "coturn", "responder")]
@@ -155,8 +157,12 @@ print(f"| Server RSS per idle allocation ({int(hold):,} held), bytes | {fmt(t)} 
 wl = f"channel --rate {rate}"
 t, c = med("turnd", wl, "p99_us"), med("coturn", wl, "p99_us")
 t50, c50 = med("turnd", wl, "p50_us"), med("coturn", wl, "p50_us")
-print(f"| p99 ChannelData round trip at half coturn's saturation ({int(rate):,} round trips/s), µs "
-      f"| {fmt(t)} (p50 {fmt(t50)}) | {fmt(c)} (p50 {fmt(c50)}) | {ratio(t, c)} | ≤ 1.0× | | |")
+def spread(server):
+    v = [r["r"]["p99_us"] for r in rows if r["server"] == server and r["workload"] == wl]
+    return f"{fmt(min(v))}–{fmt(max(v))}" if v else "n/a"
+print(f"| p99 ChannelData round trip at half coturn's saturation ({int(rate):,} round trips/s, "
+      f"median of {lat_rounds} runs), µs | {fmt(t)} (runs {spread('turnd')}; p50 {fmt(t50)}) "
+      f"| {fmt(c)} (runs {spread('coturn')}; p50 {fmt(c50)}) | {ratio(t, c)} | ≤ 1.0× | | |")
 print()
 print("Latency under saturation (closed loop, 64 sockets × 4 in flight), p50 / p99 µs:\n")
 print("| workload | turnd | coturn | minimal responder |")
@@ -179,7 +185,7 @@ EOF
 
 cat "$TABLE"
 if [ "$WRITE" = 1 ]; then
-  python3 - "$TABLE" "ROUNDS=$ROUNDS DURATION=$DURATION bash benches/compare.sh" <<'EOF'
+  python3 - "$TABLE" "ROUNDS=$ROUNDS DURATION=$DURATION LAT_ROUNDS=$LAT_ROUNDS bash benches/compare.sh" <<'EOF'
 import sys, re
 table, cmd = open(sys.argv[1]).read(), sys.argv[2]
 begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
