@@ -64,11 +64,13 @@ struct Args {
     /// Open loop: requests (or round trips) sent per second in total, paced. 0: closed loop.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Payload bytes per relayed packet (channel, send).
+    /// Payload bytes per relayed packet (channel, send), 12 to 1200.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// The TURN username (long-term credentials).
     #[arg(long, default_value = "bench")]
     user: String,
+    /// Its password.
     #[arg(long, default_value = "bench")]
     password: String,
     /// The realm the server is configured with (learned from the 401 if different).
@@ -77,7 +79,7 @@ struct Args {
     /// The server's process id, to read its resident memory (hold).
     #[arg(long)]
     pid: Option<u32>,
-    /// Allocations set up concurrently (alloc, hold).
+    /// Allocations set up concurrently (hold; alloc keeps every socket busy).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Where the responder listens.
@@ -93,6 +95,14 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    if !(12..=1200).contains(&args.payload) {
+        eprintln!("turnd-load: --payload must be 12 to 1200 bytes, got {}", args.payload);
+        std::process::exit(2);
+    }
+    if !(args.duration > 0.0 && args.warmup >= 0.0 && args.rate >= 0.0) {
+        eprintln!("turnd-load: --duration must be positive, --warmup and --rate not negative");
+        std::process::exit(2);
+    }
     let r = match args.mode {
         Mode::Binding | Mode::Channel | Mode::Send => run_flows(&args),
         Mode::Alloc | Mode::Hold => run_alloc(&args),
@@ -299,7 +309,7 @@ fn build(kind: Kind, ts: u64, seq: u32, payload: usize, out: &mut [u8]) -> usize
             20
         }
         Kind::Channel => {
-            let len = payload.max(12);
+            let len = payload.clamp(12, 1200);
             out[..2].copy_from_slice(&CHANNEL.to_be_bytes());
             out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
             out[4..16].copy_from_slice(&stamp);
@@ -307,7 +317,7 @@ fn build(kind: Kind, ts: u64, seq: u32, payload: usize, out: &mut [u8]) -> usize
             4 + len
         }
         Kind::Send(peer) => {
-            let len = payload.max(12);
+            let len = payload.clamp(12, 1200);
             let mut data = [0xabu8; 1200];
             data[..12].copy_from_slice(&stamp);
             let tid = TransactionId(stamp);
@@ -781,7 +791,8 @@ fn run_alloc(args: &Args) -> io::Result<()> {
         if now.saturating_sub(last_scan) > 100_000_000 {
             last_scan = now;
             for f in flows.iter_mut() {
-                if matches!(f.stage, Stage::Challenge | Stage::Auth | Stage::Release) && now.saturating_sub(f.sent_at) > 1_000_000_000
+                if matches!(f.stage, Stage::Challenge | Stage::Auth | Stage::Release)
+                    && now.saturating_sub(f.sent_at) > 1_000_000_000
                 {
                     retransmits += 1;
                     let stage = f.stage;

@@ -201,3 +201,15 @@ fn only_loopback_is_loaded() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
+
+#[test]
+fn bad_arguments_are_refused_with_a_message() {
+    let out = Command::new(load_bin())
+        .args(["channel", "--payload", "5000"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--payload must be 12 to 1200"));
+    let out = Command::new(load_bin()).args(["warp"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
