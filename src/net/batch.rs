@@ -148,3 +148,73 @@ impl ClientTx {
         failed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn listener(addr: &str) -> Rc<UdpListener> {
+        let std = crate::net::socket::bind_udp(addr.parse().expect("addr"), false).expect("bind");
+        Rc::new(UdpListener::new(std).expect("listener"))
+    }
+
+    fn recv_all(sock: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        sock.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        let mut buf = [0u8; 64];
+        (0..n)
+            .filter_map(|_| sock.recv(&mut buf).ok().map(|len| buf[..len].to_vec()))
+            .collect()
+    }
+
+    /// Datagrams go out in the order queued, a refused one is counted and does not stop the
+    /// rest, and a wildcard listener sends from the address asked for (IP_PKTINFO).
+    #[test]
+    fn a_batch_is_sent_in_order_and_a_refused_datagram_is_counted() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let plain = listener("127.0.0.1:0");
+            let wild = listener("0.0.0.0:0");
+            let listeners = vec![plain.clone(), wild.clone()];
+            let client = UdpSocket::bind("127.0.0.1:0").expect("client");
+            let dest = client.local_addr().expect("addr");
+            let mut tx = ClientTx::default();
+            tx.push(0, dest, None, b"one");
+            // Port 0 is not a destination: the kernel refuses this one.
+            tx.push(0, "127.0.0.1:0".parse().expect("addr"), None, b"refused");
+            tx.push(0, dest, None, b"two");
+            let src: IpAddr = "127.0.0.3".parse().expect("ip");
+            tx.push(1, dest, Some(src), b"three");
+            assert_eq!(tx.flush(&listeners), 1);
+            assert!(tx.is_empty());
+            let got = recv_all(&client, 3);
+            assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+
+            // The wildcard listener's datagram came from 127.0.0.3.
+            let mut tx = ClientTx::default();
+            tx.push(1, dest, Some(src), b"from");
+            assert_eq!(tx.flush(&listeners), 0);
+            let mut buf = [0u8; 16];
+            let (_, from) = client.recv_from(&mut buf).expect("recv");
+            assert_eq!(from, SocketAddr::new(src, wild.local.port()));
+        });
+    }
+
+    #[test]
+    fn a_full_queue_says_so() {
+        let mut tx = ClientTx::default();
+        let dest: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        for _ in 0..TX_BATCH - 1 {
+            tx.push(0, dest, None, b"x");
+        }
+        assert!(!tx.is_full());
+        tx.push(0, dest, None, b"x");
+        assert!(tx.is_full());
+    }
+}
