@@ -12,7 +12,9 @@
 //!   then Refresh 0 to free it, each time from a fresh socket, on many sockets at once.
 //! - `hold`: sets up `--sockets` allocations, holds them, and reports the server's resident
 //!   memory per allocation (`--pid`), then frees them.
-//! - `responder`: a minimal batched Binding responder (no other logic): the ceiling.
+//! - `responder`: a minimal batched Binding responder (no other logic): the ceiling. It sends
+//!   with turnd's own queue (sendmmsg, UDP GSO for answers to one client in one batch), so
+//!   that the ceiling has every sending technique turnd has; `--no-gso` turns GSO off.
 //!
 //! Every run prints a human line and a `RESULT {json}` line.
 
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use turnd::auth::Keys;
+use turnd::net::batch::TxQueue;
 use turnd::proto::{AttrType, Class, Message, MessageType, MessageWriter, Method, TransactionId};
 use turnd::server::testclient::TestClient;
 
@@ -85,6 +88,9 @@ struct Args {
     /// Where the responder listens.
     #[arg(long, default_value = "127.0.0.1:3479")]
     listen: SocketAddr,
+    /// The responder sends every answer as its own datagram (no UDP GSO).
+    #[arg(long)]
+    no_gso: bool,
     /// The core the server runs on: its busy share during the measurement is reported.
     #[arg(long, default_value_t = 0)]
     server_core: usize,
@@ -106,7 +112,7 @@ fn main() {
     let r = match args.mode {
         Mode::Binding | Mode::Channel | Mode::Send => run_flows(&args),
         Mode::Alloc | Mode::Hold => run_alloc(&args),
-        Mode::Responder => responder(args.listen),
+        Mode::Responder => responder(args.listen, !args.no_gso),
     };
     if let Err(e) = r {
         eprintln!("turnd-load: {e}");
@@ -871,7 +877,7 @@ fn run_alloc(args: &Args) -> io::Result<()> {
 
 /// The ceiling: answers Binding requests with batched I/O and nothing else (no validation
 /// beyond the header, no metrics, no rate limit). Runs until killed.
-fn responder(listen: SocketAddr) -> io::Result<()> {
+fn responder(listen: SocketAddr, gso: bool) -> io::Result<()> {
     check_loopback(listen)?;
     let s = socket2::Socket::new(
         socket2::Domain::for_address(listen),
@@ -886,9 +892,14 @@ fn responder(listen: SocketAddr) -> io::Result<()> {
     let mut epoll = Epoll::new(1)?;
     epoll.add(&sock, 0)?;
     let mut rx = Batch::new(64);
-    let mut tx = Batch::new(64);
+    let mut tx = TxQueue::new(gso);
+    let mut answer = [0u8; 128];
     let mut ready = Vec::new();
-    eprintln!("responder on {}", sock.local_addr()?);
+    eprintln!(
+        "responder on {} (gso {})",
+        sock.local_addr()?,
+        if gso { "on" } else { "off" }
+    );
     loop {
         epoll.wait(-1, &mut ready)?;
         loop {
@@ -896,7 +907,6 @@ fn responder(listen: SocketAddr) -> io::Result<()> {
             if n == 0 {
                 break;
             }
-            let mut k = 0;
             for i in 0..n {
                 let req = rx.msg(i);
                 let (Some(addr), Some(head)) = (rx.addr(i), req.get(..20)) else {
@@ -908,7 +918,7 @@ fn responder(listen: SocketAddr) -> io::Result<()> {
                 let mut tid = [0u8; 12];
                 tid.copy_from_slice(&head[8..20]);
                 let mut w = match MessageWriter::new(
-                    tx.buf_mut(k),
+                    &mut answer,
                     MessageType::new(Method::BINDING, Class::Success),
                     TransactionId(tid),
                 ) {
@@ -917,11 +927,9 @@ fn responder(listen: SocketAddr) -> io::Result<()> {
                 };
                 let _ = w.xor_address(AttrType::XOR_MAPPED_ADDRESS, addr);
                 let len = w.finish();
-                tx.lens[k] = len;
-                tx.set_addr(k, addr);
-                k += 1;
+                tx.push(&sock, None, addr, &answer[..len]);
             }
-            tx.send(sock.as_raw_fd(), k, true);
+            tx.flush();
         }
     }
 }

@@ -49,20 +49,6 @@ impl Batch {
         &self.bufs[i][..self.lens[i].min(SLOT)]
     }
 
-    /// Sets the destination of slot `i` (for unconnected sockets).
-    pub fn set_addr(&mut self, i: usize, addr: SocketAddr) {
-        let sa = SockAddr::from(addr);
-        // SAFETY: SockAddr's storage holds `len` valid bytes and fits in sockaddr_storage.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                sa.as_ptr() as *const u8,
-                &mut self.addrs[i] as *mut libc::sockaddr_storage as *mut u8,
-                sa.len() as usize,
-            );
-        }
-        self.addr_lens[i] = sa.len();
-    }
-
     /// The source address of the message received in slot `i`.
     pub fn addr(&self, i: usize) -> Option<SocketAddr> {
         // SAFETY: the kernel wrote a socket address of `addr_lens[i]` bytes into the slot.

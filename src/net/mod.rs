@@ -6,7 +6,7 @@
 //! cross-shard lock. Within a shard, tasks share the engine through `Rc<RefCell<_>>` and
 //! never hold the borrow across an `.await`.
 
-mod batch;
+pub mod batch;
 mod shard;
 mod socket;
 mod tcp;

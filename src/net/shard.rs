@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
-use super::batch::ClientTx;
+use super::batch::TxQueue;
 use super::udp::UdpListener;
 use crate::metrics::{DropReason, Metrics};
 use crate::proto::MAX_MESSAGE_LEN;
@@ -33,12 +33,6 @@ const TCP_QUEUE_LIMIT: usize = 1 << 20;
 pub struct RelaySocket {
     sock: Rc<UdpSocket>,
     reader: AbortHandle,
-}
-
-impl RelaySocket {
-    pub fn send_to(&self, data: &[u8], peer: SocketAddr) -> io::Result<usize> {
-        self.sock.try_send_to(data, peer)
-    }
 }
 
 impl Drop for RelaySocket {
@@ -89,7 +83,11 @@ pub struct Shard {
     pub udp: RefCell<Vec<Rc<UdpListener>>>,
     pub tcp: RefCell<HashMap<FiveTuple, Rc<TcpOut>>>,
     /// Datagrams for UDP clients, sent with sendmmsg when a batch ends or by `flusher`.
-    client_tx: RefCell<ClientTx>,
+    client_tx: RefCell<TxQueue>,
+    /// Datagrams for peers, sent when a batch of client packets ends, and the relay sockets
+    /// they leave from, kept open until then.
+    peer_tx: RefCell<TxQueue>,
+    peer_socks: RefCell<Vec<Rc<UdpSocket>>>,
     /// Wakes `flusher` when relay readers queued datagrams.
     tx_pending: Notify,
     /// Receive slots for relay sockets, and the buffer their output is framed into.
@@ -107,7 +105,9 @@ impl Shard {
             engine: RefCell::new(make_engine(NetRelay { shard: weak.clone() })),
             udp: RefCell::new(Vec::new()),
             tcp: RefCell::new(HashMap::new()),
-            client_tx: RefCell::new(ClientTx::default()),
+            client_tx: RefCell::new(TxQueue::default()),
+            peer_tx: RefCell::new(TxQueue::default()),
+            peer_socks: RefCell::new(Vec::with_capacity(super::batch::TX_BATCH)),
             tx_pending: Notify::new(),
             relay_rx: RefCell::new(RelayRx {
                 bufs: vec![0u8; RELAY_SLOT * RELAY_BATCH].into_boxed_slice(),
@@ -140,8 +140,13 @@ impl Shard {
         metrics: &Metrics,
     ) {
         let full = {
+            let listeners = self.udp.borrow();
+            let Some(listener) = listeners.get(index) else {
+                metrics.dropped(DropReason::send_failed);
+                return;
+            };
             let mut tx = self.client_tx.borrow_mut();
-            tx.push(index, dest, src_ip, bytes);
+            tx.push(&listener.sock, src_ip, dest, bytes);
             tx.is_full()
         };
         if full {
@@ -155,8 +160,35 @@ impl Shard {
         if tx.is_empty() {
             return;
         }
-        let failed = tx.flush(&self.udp.borrow());
-        for _ in 0..failed {
+        let done = tx.flush();
+        for _ in 0..done.failed {
+            metrics.dropped(DropReason::send_failed);
+        }
+    }
+
+    /// Queues a relayed datagram for a peer, sent from the allocation's relay socket when
+    /// the batch being handled ends (`flush_peers`); a full queue is sent at once.
+    pub fn queue_peer(&self, socket: &RelaySocket, peer: SocketAddr, bytes: &[u8], metrics: &Metrics) {
+        let full = {
+            let mut tx = self.peer_tx.borrow_mut();
+            tx.push(&*socket.sock, None, peer, bytes);
+            self.peer_socks.borrow_mut().push(socket.sock.clone());
+            tx.is_full()
+        };
+        if full {
+            self.flush_peers(metrics);
+        }
+    }
+
+    /// Sends every queued datagram for peers.
+    pub fn flush_peers(&self, metrics: &Metrics) {
+        let mut tx = self.peer_tx.borrow_mut();
+        if tx.is_empty() {
+            return;
+        }
+        let done = tx.flush();
+        self.peer_socks.borrow_mut().clear();
+        for _ in 0..done.failed {
             metrics.dropped(DropReason::send_failed);
         }
     }

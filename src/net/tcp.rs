@@ -178,11 +178,7 @@ fn frames(
                         answered = true;
                         pending.extend_from_slice(&reply[..len]);
                     }
-                    Output::Relay { socket, peer, data } => {
-                        if socket.send_to(data, peer).is_err() {
-                            metrics.dropped(DropReason::send_failed);
-                        }
-                    }
+                    Output::Relay { socket, peer, data } => shard.queue_peer(socket, peer, data, &metrics),
                 }
                 consumed += frame.len();
                 complete += 1;
@@ -195,6 +191,7 @@ fn frames(
             }
         }
     };
+    shard.flush_peers(&metrics);
     if answered {
         shard.rearm(&mut engine);
     }

@@ -13,7 +13,6 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::shard::{Shard, BATCH};
-use crate::metrics::DropReason;
 use crate::server::{FiveTuple, Output, Transport};
 
 /// One receive slot: room for a GRO batch of datagrams.
@@ -106,17 +105,14 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
                         let reply = tx.get(..len).unwrap_or_default();
                         shard.queue_udp(index, tuple.client, listener.src_ip(&tuple), reply, &metrics);
                     }
-                    Output::Relay { socket, peer, data } => {
-                        if socket.send_to(data, peer).is_err() {
-                            metrics.dropped(DropReason::send_failed);
-                        }
-                    }
+                    Output::Relay { socket, peer, data } => shard.queue_peer(socket, peer, data, &metrics),
                 }
             }
         }
         if answered {
             shard.rearm(&mut engine);
         }
+        shard.flush_peers(&metrics);
         shard.flush_udp(&metrics);
     }
 }
