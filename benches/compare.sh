@@ -57,6 +57,9 @@ start() { # server
     responder)
       taskset -c "$SERVER_CORE" "$LOAD" responder --listen "$ADDR" >"$OUT/responder.log" 2>&1 &
       ;;
+    responder-nogso)
+      taskset -c "$SERVER_CORE" "$LOAD" responder --no-gso --listen "$ADDR" >"$OUT/responder-nogso.log" 2>&1 &
+      ;;
   esac
   PID=$!
   SERVER=$1
@@ -99,6 +102,7 @@ measure() { # round server mode [extra args]
 for round in $(seq "$ROUNDS"); do
   if ((round % 2)); then order=(turnd coturn); else order=(coturn turnd); fi
   measure "$round" responder binding
+  measure "$round" responder-nogso binding
   for mode in binding channel send alloc hold; do
     for server in "${order[@]}"; do
       measure "$round" "$server" "$mode"
@@ -143,9 +147,9 @@ print(f"{datetime.date.today()}, commit {rev}, {rounds} rounds of {duration} s p
       f"({lat_rounds} for the latency point), medians. Server on core 0, turnd-load on core 1.\n")
 print("| figure | turnd | coturn | turnd / coturn | target | minimal responder | turnd / responder |")
 print("|---|---|---|---|---|---|---|")
-b = [med(s, "binding", "rate") for s in ("turnd", "coturn", "responder")]
+b = [med(s, "binding", "rate") for s in ("turnd", "coturn", "responder", "responder-nogso")]
 print(f"| STUN Binding responses/s | {fmt(b[0])} | {fmt(b[1])} | {ratio(b[0], b[1])} | ≥ 2.0× and ≥ 90% of responder "
-      f"| {fmt(b[2])} | {ratio(b[0], b[2])} |")
+      f"| {fmt(b[2])} (without GSO: {fmt(b[3])}) | {ratio(b[0], b[2])} |")
 for wl, name in (("channel", "ChannelData relayed packets/s (100 B)"), ("send", "Send/Data relayed packets/s (100 B)")):
     t, c = med("turnd", wl, "rate"), med("coturn", wl, "rate")
     lt, lc = med("turnd", wl, "loss_pct"), med("coturn", wl, "loss_pct")

@@ -129,6 +129,9 @@ pub struct TxQueue {
     /// The datagrams of one flush, regrouped by flow, and the messages made of them.
     staged: Vec<u8>,
     msgs: Vec<Msg>,
+    /// Destinations of one sendmmsg, kept between calls: building 64 of them afresh for
+    /// every call costs more than the call itself when batches are small.
+    addrs: Vec<Option<SockaddrStorage>>,
     headers: Headers,
     /// Largest segment coalesced; 0 turns GSO off (unsupported, or the device refused it).
     gso_max_segment: usize,
@@ -148,6 +151,7 @@ impl TxQueue {
             items: Vec::with_capacity(TX_BATCH),
             staged: Vec::with_capacity(TX_BATCH * 256),
             msgs: Vec::with_capacity(2 * TX_BATCH),
+            addrs: vec![None; TX_BATCH],
             headers: Headers::default(),
             gso_max_segment: if gso { GSO_MAX_SEGMENT } else { 0 },
         }
@@ -281,7 +285,11 @@ impl TxQueue {
         let mut n_refused = 0;
         {
             let TxQueue {
-                staged, msgs, headers, ..
+                staged,
+                msgs,
+                addrs,
+                headers,
+                ..
             } = self;
             let msgs = msgs.get(from..to).unwrap_or_default();
             let Some(first) = msgs.first().copied() else { return out };
@@ -294,8 +302,9 @@ impl TxQueue {
                         .unwrap_or_default(),
                 )]
             });
-            let addrs: [Option<SockaddrStorage>; TX_BATCH] =
-                std::array::from_fn(|k| msgs.get(k).map(|m| SockaddrStorage::from(m.dest)));
+            for (slot, m) in addrs.iter_mut().zip(msgs.iter()) {
+                *slot = Some(SockaddrStorage::from(m.dest));
+            }
             let seg16 = u16::try_from(seg).unwrap_or(u16::MAX);
             let v4_info;
             let v6_info;
