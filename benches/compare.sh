@@ -108,6 +108,13 @@ for round in $(seq "$ROUNDS"); do
       measure "$round" "$server" "$mode"
     done
   done
+  # One request or round trip in flight per socket: nothing for GSO to coalesce.
+  measure "$round" responder binding --sockets 256 --window 1
+  for mode in binding channel; do
+    for server in "${order[@]}"; do
+      measure "$round" "$server" "$mode" --sockets 256 --window 1
+    done
+  done
 done
 
 # Latency at half of coturn's saturation rate (ChannelData round trips, open loop).
@@ -154,6 +161,14 @@ for wl, name in (("channel", "ChannelData relayed packets/s (100 B)"), ("send", 
     t, c = med("turnd", wl, "rate"), med("coturn", wl, "rate")
     lt, lc = med("turnd", wl, "loss_pct"), med("coturn", wl, "loss_pct")
     print(f"| {name} | {fmt(t)} (loss {pct(lt)}) | {fmt(c)} (loss {pct(lc)}) | {ratio(t, c)} | ≥ 2.0× | | |")
+one = "--sockets 256 --window 1"
+b1 = [med(s, f"binding {one}", "rate") for s in ("turnd", "coturn", "responder")]
+print(f"| STUN Binding responses/s, 1 in flight on each of 256 sockets | {fmt(b1[0])} | {fmt(b1[1])} | {ratio(b1[0], b1[1])} "
+      f"| (not a target) | {fmt(b1[2])} | {ratio(b1[0], b1[2])} |")
+t, c = med("turnd", f"channel {one}", "rate"), med("coturn", f"channel {one}", "rate")
+lt, lc = med("turnd", f"channel {one}", "loss_pct"), med("coturn", f"channel {one}", "loss_pct")
+print(f"| ChannelData relayed packets/s, 1 round trip in flight on each of 256 allocations | {fmt(t)} (loss {pct(lt)}) "
+      f"| {fmt(c)} (loss {pct(lc)}) | {ratio(t, c)} | (not a target) | | |")
 t, c = med("turnd", "alloc", "rate"), med("coturn", "alloc", "rate")
 print(f"| Allocation setup rate (401 + Allocate + Refresh 0), /s | {fmt(t)} | {fmt(c)} | {ratio(t, c)} | ≥ 2.0× | | |")
 t, c = med("turnd", "hold", "bytes_per_allocation"), med("coturn", "hold", "bytes_per_allocation")

@@ -277,15 +277,21 @@ async fn relay_reader(shard: Weak<Shard>, sock: Rc<UdpSocket>, token: RelayToken
             return;
         }
         let Some(shard) = shard.upgrade() else { return };
-        drain_relay(&shard, &sock, token);
+        let more = drain_relay(&shard, &sock, token);
         drop(shard);
-        tokio::task::yield_now().await;
+        // Only a reader that stopped at its budget, with datagrams still waiting, yields to
+        // the shard's other tasks; one that emptied its socket waits for readiness again,
+        // without being scheduled once more for nothing.
+        if more {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
 /// Handles up to a batch of datagrams waiting on a relay socket, read with recvmmsg.
-/// Synchronous, so no borrow spans an await.
-fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) {
+/// Synchronous, so no borrow spans an await. Returns true when it stopped at its budget
+/// rather than on an empty socket.
+fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
     let mut rx = shard.relay_rx.borrow_mut();
     let mut tx = shard.relay_tx.borrow_mut();
     for _ in 0..BATCH / RELAY_BATCH {
@@ -330,11 +336,12 @@ fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) {
         }
         match r {
             Ok(()) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             // ICMP errors from earlier sends surface here; they concern one peer only.
             Err(_) => continue,
         }
     }
+    true
 }
 
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {

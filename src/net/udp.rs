@@ -57,21 +57,37 @@ pub async fn serve(listener: Rc<UdpListener>, index: usize, shard: Rc<Shard>) {
             r = listener.sock.readable() => if r.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
+        let mut n = 0;
         let received = {
             let mut chunks = bufs.chunks_mut(SLOT);
             let mut iovs: [IoSliceMut<'_>; BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             listener.sock.try_io(Interest::READABLE, || {
-                listener.state.recv((&listener.sock).into(), &mut iovs, &mut metas)
+                n = listener.state.recv((&listener.sock).into(), &mut iovs, &mut metas)?;
+                // A short read means the queue is empty: report WouldBlock so that tokio
+                // clears the readiness (it keeps it if a datagram arrived meanwhile) and no
+                // system call is spent to learn that.
+                if n < BATCH {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
             })
         };
-        let n = match received {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(_) => continue,
-        };
-        handle_batch(&listener, index, &shard, &bufs, &metas[..n], &mut tx);
-        tokio::task::yield_now().await;
+        if n > 0 {
+            handle_batch(
+                &listener,
+                index,
+                &shard,
+                &bufs,
+                metas.get(..n).unwrap_or_default(),
+                &mut tx,
+            );
+        }
+        // A full batch may have more behind it: let the shard's other tasks run first.
+        if received.is_ok() {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
