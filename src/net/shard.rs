@@ -11,8 +11,7 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
@@ -31,7 +30,7 @@ const TCP_QUEUE_LIMIT: usize = 1 << 20;
 /// A relay socket as the engine owns it: dropping it stops its reader task, which closes it.
 #[derive(Debug)]
 pub struct RelaySocket {
-    sock: Rc<UdpSocket>,
+    sock: Rc<RelayFd>,
     reader: AbortHandle,
 }
 
@@ -40,6 +39,9 @@ impl Drop for RelaySocket {
         self.reader.abort();
     }
 }
+
+/// A relay socket registered for readability only (see `socket::readable`).
+type RelayFd = AsyncFd<std::net::UdpSocket>;
 
 /// The driver side of [`RelayIo`]: binds relay sockets and starts a reader task for each.
 pub struct NetRelay {
@@ -51,7 +53,7 @@ impl RelayIo for NetRelay {
 
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<RelaySocket> {
         let std = super::socket::bind_relay(addr)?;
-        let sock = Rc::new(UdpSocket::from_std(std)?);
+        let sock = Rc::new(super::socket::readable(std)?);
         let reader = tokio::task::spawn_local(relay_reader(self.shard.clone(), sock.clone(), token));
         Ok(RelaySocket {
             sock,
@@ -87,7 +89,7 @@ pub struct Shard {
     /// Datagrams for peers, sent when a batch of client packets ends, and the relay sockets
     /// they leave from, kept open until then.
     peer_tx: RefCell<TxQueue>,
-    peer_socks: RefCell<Vec<Rc<UdpSocket>>>,
+    peer_socks: RefCell<Vec<Rc<RelayFd>>>,
     /// Wakes `flusher` when relay readers queued datagrams.
     tx_pending: Notify,
     /// Receive slots for relay sockets, and the buffer their output is framed into.
@@ -271,13 +273,11 @@ pub async fn timers(shard: Rc<Shard>) {
 }
 
 /// Receives what peers send to one relay socket and hands it to the engine.
-async fn relay_reader(shard: Weak<Shard>, sock: Rc<UdpSocket>, token: RelayToken) {
+async fn relay_reader(shard: Weak<Shard>, sock: Rc<RelayFd>, token: RelayToken) {
     loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
+        let Ok(mut guard) = sock.readable().await else { return };
         let Some(shard) = shard.upgrade() else { return };
-        let more = drain_relay(&shard, &sock, token);
+        let more = drain_relay(&shard, &mut guard, token);
         drop(shard);
         // Only a reader that stopped at its budget, with datagrams still waiting, yields to
         // the shard's other tasks; one that emptied its socket waits for readiness again,
@@ -291,7 +291,7 @@ async fn relay_reader(shard: Weak<Shard>, sock: Rc<UdpSocket>, token: RelayToken
 /// Handles up to a batch of datagrams waiting on a relay socket, read with recvmmsg.
 /// Synchronous, so no borrow spans an await. Returns true when it stopped at its budget
 /// rather than on an empty socket.
-fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
+fn drain_relay(shard: &Shard, guard: &mut AsyncFdReadyGuard<'_, std::net::UdpSocket>, token: RelayToken) -> bool {
     let mut rx = shard.relay_rx.borrow_mut();
     let mut tx = shard.relay_tx.borrow_mut();
     for _ in 0..BATCH / RELAY_BATCH {
@@ -300,7 +300,7 @@ fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
         // A short read means the queue is empty: report WouldBlock so that tokio clears the
         // readiness (it keeps it when a new datagram arrived meanwhile) and no further
         // system call is spent to learn that.
-        let r = sock.try_io(Interest::READABLE, || {
+        let r = guard.try_io(|sock| {
             let RelayRx { bufs, headers } = &mut *rx;
             let mut chunks = bufs.chunks_mut(RELAY_SLOT);
             let mut slices: [[IoSliceMut<'_>; 1]; RELAY_BATCH] =
@@ -335,10 +335,11 @@ fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
             }
         }
         match r {
-            Ok(()) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            // Emptied: try_io cleared the readiness.
+            Err(_would_block) => return false,
+            Ok(Ok(())) => continue,
             // ICMP errors from earlier sends surface here; they concern one peer only.
-            Err(_) => continue,
+            Ok(Err(_)) => continue,
         }
     }
     true

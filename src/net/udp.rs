@@ -9,8 +9,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 
 use super::shard::{Shard, BATCH};
 use crate::server::{FiveTuple, Output, Transport};
@@ -19,7 +18,8 @@ use crate::server::{FiveTuple, Output, Transport};
 const SLOT: usize = 64 * 1024;
 
 pub struct UdpListener {
-    pub sock: UdpSocket,
+    /// Registered for readability only: sends never wait for room (see `socket::readable`).
+    pub sock: AsyncFd<std::net::UdpSocket>,
     state: UdpSocketState,
     pub local: SocketAddr,
 }
@@ -27,8 +27,9 @@ pub struct UdpListener {
 impl UdpListener {
     pub fn new(std: std::net::UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new((&std).into())?;
-        let sock = UdpSocket::from_std(std)?;
-        let local = sock.local_addr()?;
+        let local = std.local_addr()?;
+        trim_control_messages(&std, local);
+        let sock = super::socket::readable(std)?;
         Ok(UdpListener { sock, state, local })
     }
 
@@ -46,6 +47,28 @@ impl UdpListener {
     }
 }
 
+/// quinn-udp asks the kernel for the TOS byte (ECN) and the destination address of every
+/// datagram. TURN has no use for ECN (RFC 8656 section 12: we take the alternate behaviour,
+/// Not-ECT on relayed packets), and a listener bound to one address knows its destination,
+/// so both are turned off where they are not needed: each control message costs the kernel a
+/// few percent of a Binding request's receive path. A wildcard listener keeps pktinfo. A
+/// failure only costs that time, so it is ignored.
+fn trim_control_messages(sock: &std::net::UdpSocket, local: SocketAddr) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let bound = !local.ip().is_unspecified();
+    if local.is_ipv4() {
+        let _ = setsockopt(sock, sockopt::IpRecvTos, &false);
+        if bound {
+            let _ = setsockopt(sock, sockopt::Ipv4PacketInfo, &false);
+        }
+    } else {
+        let _ = setsockopt(sock, sockopt::Ipv6RecvTClass, &false);
+        if bound {
+            let _ = setsockopt(sock, sockopt::Ipv6RecvPacketInfo, &false);
+        }
+    }
+}
+
 /// Serves one listener; `index` is its place in the shard's list of UDP listeners.
 pub async fn serve(listener: Rc<UdpListener>, index: usize, shard: Rc<Shard>) {
     let mut stop = shard.stop.clone();
@@ -53,17 +76,17 @@ pub async fn serve(listener: Rc<UdpListener>, index: usize, shard: Rc<Shard>) {
     let mut metas = [RecvMeta::default(); BATCH];
     let mut tx = vec![0u8; 2048].into_boxed_slice();
     loop {
-        tokio::select! {
-            r = listener.sock.readable() => if r.is_err() { return },
+        let mut guard = tokio::select! {
+            r = listener.sock.readable() => match r { Ok(g) => g, Err(_) => return },
             _ = stop.wait_for(|s| *s) => return,
-        }
+        };
         let mut n = 0;
         let received = {
             let mut chunks = bufs.chunks_mut(SLOT);
             let mut iovs: [IoSliceMut<'_>; BATCH] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            listener.sock.try_io(Interest::READABLE, || {
-                n = listener.state.recv((&listener.sock).into(), &mut iovs, &mut metas)?;
+            guard.try_io(|sock| {
+                n = listener.state.recv(sock.get_ref().into(), &mut iovs, &mut metas)?;
                 // A short read means the queue is empty: report WouldBlock so that tokio
                 // clears the readiness (it keeps it if a datagram arrived meanwhile) and no
                 // system call is spent to learn that.
@@ -74,6 +97,7 @@ pub async fn serve(listener: Rc<UdpListener>, index: usize, shard: Rc<Shard>) {
                 }
             })
         };
+        drop(guard);
         if n > 0 {
             handle_batch(
                 &listener,
@@ -85,7 +109,7 @@ pub async fn serve(listener: Rc<UdpListener>, index: usize, shard: Rc<Shard>) {
             );
         }
         // A full batch may have more behind it: let the shard's other tasks run first.
-        if received.is_ok() {
+        if matches!(received, Ok(Ok(()))) {
             tokio::task::yield_now().await;
         }
     }
@@ -130,5 +154,41 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
         }
         shard.flush_peers(&metrics);
         shard.flush_udp(&metrics);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{getsockopt, sockopt};
+
+    fn listener(addr: &str) -> Option<UdpListener> {
+        let addr: SocketAddr = addr.parse().ok()?;
+        let std = super::super::socket::bind_udp(addr, false).ok()?;
+        UdpListener::new(std).ok()
+    }
+
+    #[tokio::test]
+    async fn a_bound_listener_asks_for_no_control_message_and_a_wildcard_one_only_for_pktinfo() {
+        let bound = listener("127.0.0.1:0").expect("bind 127.0.0.1");
+        let fd = bound.sock.get_ref();
+        assert_eq!(getsockopt(fd, sockopt::IpRecvTos).ok(), Some(false));
+        assert_eq!(getsockopt(fd, sockopt::Ipv4PacketInfo).ok(), Some(false));
+
+        let wildcard = listener("0.0.0.0:0").expect("bind 0.0.0.0");
+        let fd = wildcard.sock.get_ref();
+        assert_eq!(getsockopt(fd, sockopt::IpRecvTos).ok(), Some(false));
+        assert_eq!(getsockopt(fd, sockopt::Ipv4PacketInfo).ok(), Some(true));
+
+        // A host without IPv6 has nothing to check there.
+        if let Some(v6) = listener("[::1]:0") {
+            let fd = v6.sock.get_ref();
+            assert_eq!(getsockopt(fd, sockopt::Ipv6RecvTClass).ok(), Some(false));
+            assert_eq!(getsockopt(fd, sockopt::Ipv6RecvPacketInfo).ok(), Some(false));
+        }
+        if let Some(v6) = listener("[::]:0") {
+            let fd = v6.sock.get_ref();
+            assert_eq!(getsockopt(fd, sockopt::Ipv6RecvPacketInfo).ok(), Some(true));
+        }
     }
 }
