@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs turnd, coturn (Debian's package) and a minimal Binding responder back to back on this
+# Runs turnd, coturn (Debian's package), a minimal Binding responder and a minimal relay
+# (turnd-load's ceilings: batched I/O, no other logic) back to back on this
 # machine, each pinned to one core with the load generator (turnd-load) on the other, and
 # writes the figures and their ratios into BENCHMARKS.md.
 #
@@ -60,6 +61,9 @@ start() { # server
     responder-nogso)
       taskset -c "$SERVER_CORE" "$LOAD" responder --no-gso --listen "$ADDR" >"$OUT/responder-nogso.log" 2>&1 &
       ;;
+    relay)
+      taskset -c "$SERVER_CORE" "$LOAD" relay --listen "$ADDR" >"$OUT/relay.log" 2>&1 &
+      ;;
   esac
   PID=$!
   SERVER=$1
@@ -103,6 +107,8 @@ for round in $(seq "$ROUNDS"); do
   if ((round % 2)); then order=(turnd coturn); else order=(coturn turnd); fi
   measure "$round" responder binding
   measure "$round" responder-nogso binding
+  measure "$round" relay channel
+  measure "$round" relay send
   for mode in binding channel send alloc hold; do
     for server in "${order[@]}"; do
       measure "$round" "$server" "$mode"
@@ -110,6 +116,7 @@ for round in $(seq "$ROUNDS"); do
   done
   # One request or round trip in flight per socket: nothing for GSO to coalesce.
   measure "$round" responder binding --sockets 256 --window 1
+  measure "$round" relay channel --sockets 256 --window 1
   for mode in binding channel; do
     for server in "${order[@]}"; do
       measure "$round" "$server" "$mode" --sockets 256 --window 1
@@ -152,7 +159,7 @@ def ratio(a, b):
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 print(f"{datetime.date.today()}, commit {rev}, {rounds} rounds of {duration} s per measurement "
       f"({lat_rounds} for the latency point), medians. Server on core 0, turnd-load on core 1.\n")
-print("| figure | turnd | coturn | turnd / coturn | target | minimal responder | turnd / responder |")
+print("| figure | turnd | coturn | turnd / coturn | target | ceiling: minimal responder or relay | turnd / ceiling |")
 print("|---|---|---|---|---|---|---|")
 b = [med(s, "binding", "rate") for s in ("turnd", "coturn", "responder", "responder-nogso")]
 print(f"| STUN Binding responses/s | {fmt(b[0])} | {fmt(b[1])} | {ratio(b[0], b[1])} | ≥ 2.0× and ≥ 90% of responder "
@@ -160,15 +167,18 @@ print(f"| STUN Binding responses/s | {fmt(b[0])} | {fmt(b[1])} | {ratio(b[0], b[
 for wl, name in (("channel", "ChannelData relayed packets/s (100 B)"), ("send", "Send/Data relayed packets/s (100 B)")):
     t, c = med("turnd", wl, "rate"), med("coturn", wl, "rate")
     lt, lc = med("turnd", wl, "loss_pct"), med("coturn", wl, "loss_pct")
-    print(f"| {name} | {fmt(t)} (loss {pct(lt)}) | {fmt(c)} (loss {pct(lc)}) | {ratio(t, c)} | ≥ 2.0× | | |")
+    m = med("relay", wl, "rate")
+    print(f"| {name} | {fmt(t)} (loss {pct(lt)}) | {fmt(c)} (loss {pct(lc)}) | {ratio(t, c)} | ≥ 2.0× "
+          f"| {fmt(m)} (relay: {ratio(m, c)} coturn) | {ratio(t, m)} |")
 one = "--sockets 256 --window 1"
 b1 = [med(s, f"binding {one}", "rate") for s in ("turnd", "coturn", "responder")]
 print(f"| STUN Binding responses/s, 1 in flight on each of 256 sockets | {fmt(b1[0])} | {fmt(b1[1])} | {ratio(b1[0], b1[1])} "
       f"| (not a target) | {fmt(b1[2])} | {ratio(b1[0], b1[2])} |")
 t, c = med("turnd", f"channel {one}", "rate"), med("coturn", f"channel {one}", "rate")
 lt, lc = med("turnd", f"channel {one}", "loss_pct"), med("coturn", f"channel {one}", "loss_pct")
+m = med("relay", f"channel {one}", "rate")
 print(f"| ChannelData relayed packets/s, 1 round trip in flight on each of 256 allocations | {fmt(t)} (loss {pct(lt)}) "
-      f"| {fmt(c)} (loss {pct(lc)}) | {ratio(t, c)} | (not a target) | | |")
+      f"| {fmt(c)} (loss {pct(lc)}) | {ratio(t, c)} | (not a target) | {fmt(m)} | {ratio(t, m)} |")
 t, c = med("turnd", "alloc", "rate"), med("coturn", "alloc", "rate")
 print(f"| Allocation setup rate (401 + Allocate + Refresh 0), /s | {fmt(t)} | {fmt(c)} | {ratio(t, c)} | ≥ 2.0× | | |")
 t, c = med("turnd", "hold", "bytes_per_allocation"), med("coturn", "hold", "bytes_per_allocation")
@@ -184,11 +194,11 @@ print(f"| p99 ChannelData round trip at half coturn's saturation ({int(rate):,} 
       f"| {fmt(c)} (runs {spread('coturn')}; p50 {fmt(c50)}) | {ratio(t, c)} | ≤ 1.0× | | |")
 print()
 print("Latency under saturation (closed loop, 64 sockets × 4 in flight), p50 / p99 µs:\n")
-print("| workload | turnd | coturn | minimal responder |")
+print("| workload | turnd | coturn | minimal responder or relay |")
 print("|---|---|---|---|")
 for wl in ("binding", "channel", "send", "alloc"):
     cells = []
-    for s in ("turnd", "coturn", "responder"):
+    for s in ("turnd", "coturn", "responder" if wl == "binding" else "relay"):
         p50, p99 = med(s, wl, "p50_us"), med(s, wl, "p99_us")
         cells.append(f"{fmt(p50)} / {fmt(p99)}" if p50 is not None else "")
     print(f"| {wl} | " + " | ".join(cells) + " |")

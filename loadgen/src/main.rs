@@ -15,9 +15,12 @@
 //! - `responder`: a minimal batched Binding responder (no other logic): the ceiling. It sends
 //!   with turnd's own queue (sendmmsg, UDP GSO for answers to one client in one batch), so
 //!   that the ceiling has every sending technique turnd has; `--no-gso` turns GSO off.
+//! - `relay`: a minimal TURN relay (one socket per allocation, batched I/O, no checks): the
+//!   ceiling for `channel` and `send` (see `relay.rs`).
 //!
 //! Every run prints a human line and a `RESULT {json}` line.
 
+mod relay;
 mod sys;
 
 use std::io;
@@ -41,6 +44,7 @@ enum Mode {
     Alloc,
     Hold,
     Responder,
+    Relay,
 }
 
 #[derive(Parser, Debug)]
@@ -85,7 +89,7 @@ struct Args {
     /// Allocations set up concurrently (hold; alloc keeps every socket busy).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Where the responder listens.
+    /// Where the responder or the relay listens.
     #[arg(long, default_value = "127.0.0.1:3479")]
     listen: SocketAddr,
     /// The responder sends every answer as its own datagram (no UDP GSO).
@@ -113,6 +117,7 @@ fn main() {
         Mode::Binding | Mode::Channel | Mode::Send => run_flows(&args),
         Mode::Alloc | Mode::Hold => run_alloc(&args),
         Mode::Responder => responder(args.listen, !args.no_gso),
+        Mode::Relay => relay::relayer(args.listen, !args.no_gso),
     };
     if let Err(e) = r {
         eprintln!("turnd-load: {e}");
@@ -875,20 +880,25 @@ fn run_alloc(args: &Args) -> io::Result<()> {
     Ok(())
 }
 
-/// The ceiling: answers Binding requests with batched I/O and nothing else (no validation
-/// beyond the header, no metrics, no rate limit). Runs until killed.
-fn responder(listen: SocketAddr, gso: bool) -> io::Result<()> {
-    check_loopback(listen)?;
+/// A non-blocking UDP socket bound to `addr`, with the same 4 MiB buffers turnd asks for.
+fn bound_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let s = socket2::Socket::new(
-        socket2::Domain::for_address(listen),
+        socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
-    s.bind(&listen.into())?;
-    let sock = UdpSocket::from(s);
-    sock.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.set_nonblocking(true)?;
+    Ok(UdpSocket::from(s))
+}
+
+/// The ceiling: answers Binding requests with batched I/O and nothing else (no validation
+/// beyond the header, no metrics, no rate limit). Runs until killed.
+fn responder(listen: SocketAddr, gso: bool) -> io::Result<()> {
+    check_loopback(listen)?;
+    let sock = bound_socket(listen)?;
     let mut epoll = Epoll::new(1)?;
     epoll.add(&sock, 0)?;
     let mut rx = Batch::new(64);

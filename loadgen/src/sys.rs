@@ -129,7 +129,8 @@ impl Batch {
     }
 }
 
-/// A level-triggered epoll set whose events carry a caller-chosen index.
+/// An epoll set whose events carry a caller-chosen index; level-triggered unless added with
+/// `add_edge`.
 pub struct Epoll {
     fd: RawFd,
     events: Vec<libc::epoll_event>,
@@ -149,10 +150,17 @@ impl Epoll {
     }
 
     pub fn add(&self, sock: &impl AsRawFd, index: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: index,
-        };
+        self.add_with(sock, index, libc::EPOLLIN as u32)
+    }
+
+    /// Edge-triggered: reported once per arrival on an emptied socket, so the owner must read
+    /// until a short batch; the kernel does not poll the socket again at every wait.
+    pub fn add_edge(&self, sock: &impl AsRawFd, index: u64) -> io::Result<()> {
+        self.add_with(sock, index, (libc::EPOLLIN | libc::EPOLLET) as u32)
+    }
+
+    fn add_with(&self, sock: &impl AsRawFd, index: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: index };
         // SAFETY: ev is a valid event for the duration of the call.
         let r = unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, sock.as_raw_fd(), &mut ev) };
         if r < 0 {

@@ -1,4 +1,4 @@
-//! turnd-load against a real turnd and its own minimal responder, briefly: every mode runs,
+//! turnd-load against a real turnd and its own minimal responder and relay, briefly: every mode runs,
 //! measures something, and reports no loss where there is none. The figures themselves are
 //! for benches/compare.sh; these tests keep the tool honest.
 
@@ -190,6 +190,30 @@ fn the_minimal_responder_answers_binding() {
     let b = run(addr, &[&["binding", "--sockets", "8"][..], &SHORT[..]].concat());
     assert!(b["rate"].as_f64().unwrap_or(0.0) > 0.0, "{b}");
     assert_eq!(b["lost"], 0, "{b}");
+}
+
+#[test]
+fn the_minimal_relay_relays_channel_data_and_send_indications() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let child = Command::new(load_bin())
+        .args(["relay", "--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start relay");
+    let _server = Server(child);
+    wait_ready(addr);
+    for mode in ["channel", "send"] {
+        let r = run(addr, &[&[mode, "--sockets", "4"][..], &SHORT[..]].concat());
+        assert!(r["rate"].as_f64().unwrap_or(0.0) > 0.0, "{mode}: {r}");
+        assert_eq!(r["lost"], 0, "{mode}: {r}");
+        assert_eq!(r["unexpected"], 0, "{mode}: {r}");
+    }
+    // Allocations are released (Refresh 0) and made again, many times over.
+    let a = run(addr, &[&["alloc", "--sockets", "4"][..], &SHORT[..]].concat());
+    assert!(a["rate"].as_f64().unwrap_or(0.0) > 0.0, "{a}");
+    assert_eq!(a["errors"], 0, "{a}");
 }
 
 #[test]
