@@ -73,7 +73,7 @@ pub fn relayer(listen: SocketAddr, gso: bool) -> io::Result<()> {
                     let n = rx.recv(relay.listener.as_raw_fd(), true)?;
                     for i in 0..n {
                         if let Some(from) = rx.addr(i) {
-                            relay.from_client(from, rx.msg(i))?;
+                            relay.on_client(from, rx.msg(i))?;
                         }
                     }
                     relay.to_peers.flush();
@@ -83,19 +83,21 @@ pub fn relayer(listen: SocketAddr, gso: bool) -> io::Result<()> {
                     }
                 }
             } else {
-                loop {
-                    let Some(Some(a)) = relay.allocations.get(idx as usize) else {
-                        break;
-                    };
+                let mut errors = 0;
+                while let Some(Some(a)) = relay.allocations.get(idx as usize) {
                     // ICMP errors from earlier sends surface here; they are not datagrams,
                     // and the next call reads what is queued behind them.
                     let n = match relay_rx.recv(a.sock.as_raw_fd(), true) {
                         Ok(n) => n,
-                        Err(_) => continue,
+                        Err(_) if errors < 8 => {
+                            errors += 1;
+                            continue;
+                        }
+                        Err(_) => break,
                     };
                     for i in 0..n {
                         if let Some(from) = relay_rx.addr(i) {
-                            relay.from_peer(idx as usize, from, relay_rx.msg(i));
+                            relay.on_peer(idx as usize, from, relay_rx.msg(i));
                         }
                     }
                     if n < relay_rx.capacity() {
@@ -110,7 +112,7 @@ pub fn relayer(listen: SocketAddr, gso: bool) -> io::Result<()> {
 }
 
 impl Relay {
-    fn from_client(&mut self, from: SocketAddr, msg: &[u8]) -> io::Result<()> {
+    fn on_client(&mut self, from: SocketAddr, msg: &[u8]) -> io::Result<()> {
         // ChannelData: the fast path.
         if msg.first().is_some_and(|b| b & 0xc0 == 0x40) {
             let (Some(head), Some(&idx)) = (msg.get(..4), self.by_client.get(&from)) else {
@@ -207,7 +209,7 @@ impl Relay {
 
     /// What a peer sent to allocation `idx`: to its client as ChannelData when a channel is
     /// bound to the peer, else as a Data indication.
-    fn from_peer(&mut self, idx: usize, peer: SocketAddr, data: &[u8]) {
+    fn on_peer(&mut self, idx: usize, peer: SocketAddr, data: &[u8]) {
         let Some(Some(a)) = self.allocations.get(idx) else {
             return;
         };
