@@ -197,3 +197,56 @@ fn auth_failure_logs_are_rate_limited() {
         "every failure is either logged or counted as suppressed"
     );
 }
+
+#[test]
+fn a_peer_burst_is_relayed_whole_and_a_released_relay_port_is_closed() {
+    let t = Turnd::start(&turn_config("threads = 1"));
+    let server = t.udp[0];
+    let udp = Udp::new(server);
+    let mut alice = TestClient::new("alice", "test.turnd", "wonderland");
+    let r = udp.ask(&mut alice, |c| c.allocate());
+    let relay = r.relayed[0];
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    assert!(udp
+        .ask(&mut alice, |c| c.channel_bind(0x4000, peer_addr))
+        .error
+        .is_none());
+
+    // 100 datagrams at once: more than a relay socket is read in one turn (32), so what a
+    // turn leaves behind must be read without waiting for another datagram to arrive.
+    let reader = {
+        let sock = udp.sock.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while got.len() < 100 && Instant::now() < deadline {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+            }
+            got
+        })
+    };
+    for i in 0..100u8 {
+        peer.send_to(&[i; 40], relay).unwrap();
+    }
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), 100, "every datagram of the burst arrives");
+    for (i, d) in got.iter().enumerate() {
+        assert_eq!(&d[..4], &[0x40, 0x00, 0, 40], "ChannelData on channel 0x4000");
+        assert_eq!(&d[4..], &[i as u8; 40][..], "in order");
+    }
+
+    // Refresh 0 ends the allocation and closes its relay socket: the port is free again.
+    assert!(udp.ask(&mut alice, |c| c.refresh(0)).error.is_none());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match UdpSocket::bind(relay) {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "{relay} still bound after release: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -389,14 +389,20 @@ fn run_shard(
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let shard = shard::Shard::new(
+        let shard = match shard::Shard::new(
             |io| {
                 let mut e = Engine::new(engine_config, shared, io, clock);
                 e.set_shards(count);
                 e
             },
             stop.clone(),
-        );
+        ) {
+            Ok(shard) => shard,
+            Err(e) => {
+                tracing::error!(shard = index, error = %e, "cannot start shard: no epoll set for relay sockets");
+                return;
+            }
+        };
         for s in sockets.udp {
             match udp::UdpListener::new(s) {
                 Ok(l) => {
@@ -418,6 +424,7 @@ fn run_shard(
         }
         tokio::task::spawn_local(shard::timers(shard.clone()));
         tokio::task::spawn_local(shard::flusher(shard.clone()));
+        tokio::task::spawn_local(shard::relays(shard.clone()));
         let mut stop = stop;
         loop {
             tokio::select! {

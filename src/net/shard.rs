@@ -6,14 +6,16 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::time::Instant;
 
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
-use tokio::task::AbortHandle;
 
 use super::batch::TxQueue;
 use super::udp::UdpListener;
@@ -27,23 +29,24 @@ pub const BATCH: usize = 32;
 /// Bytes queued for a TCP client beyond which relayed packets are dropped.
 const TCP_QUEUE_LIMIT: usize = 1 << 20;
 
-/// A relay socket as the engine owns it: dropping it stops its reader task, which closes it.
+/// A relay socket as the engine owns it: dropping it takes it out of the shard's relay epoll
+/// set and closes it (once a pending send queue that names it has been flushed).
 #[derive(Debug)]
 pub struct RelaySocket {
-    sock: Rc<RelayFd>,
-    reader: AbortHandle,
+    sock: Rc<UdpSocket>,
+    slot: usize,
+    shard: Weak<Shard>,
 }
 
 impl Drop for RelaySocket {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(shard) = self.shard.upgrade() {
+            shard.forget_relay(self.slot, &self.sock);
+        }
     }
 }
 
-/// A relay socket registered for readability only (see `socket::readable`).
-type RelayFd = AsyncFd<std::net::UdpSocket>;
-
-/// The driver side of [`RelayIo`]: binds relay sockets and starts a reader task for each.
+/// The driver side of [`RelayIo`]: binds relay sockets into the shard's relay epoll set.
 pub struct NetRelay {
     shard: Weak<Shard>,
 }
@@ -52,15 +55,41 @@ impl RelayIo for NetRelay {
     type Socket = RelaySocket;
 
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<RelaySocket> {
-        let std = super::socket::bind_relay(addr)?;
-        let sock = Rc::new(super::socket::readable(std)?);
-        let reader = tokio::task::spawn_local(relay_reader(self.shard.clone(), sock.clone(), token));
+        let shard = self
+            .shard
+            .upgrade()
+            .ok_or_else(|| io::Error::other("the shard is shutting down"))?;
+        let sock = Rc::new(super::socket::bind_relay(addr)?);
+        let slot = shard.register_relay(sock.clone(), token)?;
         Ok(RelaySocket {
             sock,
-            reader: reader.abort_handle(),
+            slot,
+            shard: self.shard.clone(),
         })
     }
 }
+
+/// Every relay socket of a shard in one epoll set, which the shard's reactor watches as a
+/// single descriptor: one task and one `epoll_wait` serve all of them, instead of a task, a
+/// waker and a readiness record per socket. Sockets are edge-triggered; each event's data
+/// is the socket's slot.
+struct RelayPoll(Epoll);
+
+impl AsRawFd for RelayPoll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0 .0.as_raw_fd()
+    }
+}
+
+/// Relay sockets by slot, with the token the engine knows each by; freed slots are reused.
+#[derive(Default)]
+struct RelaySlots {
+    entries: Vec<Option<(Rc<UdpSocket>, RelayToken)>>,
+    free: Vec<usize>,
+}
+
+/// Events taken from the relay epoll set per round.
+const RELAY_EVENTS: usize = 64;
 
 /// Data queued for a TCP client by the relay path, flushed by the connection's task.
 #[derive(Default)]
@@ -89,12 +118,17 @@ pub struct Shard {
     /// Datagrams for peers, sent when a batch of client packets ends, and the relay sockets
     /// they leave from, kept open until then.
     peer_tx: RefCell<TxQueue>,
-    peer_socks: RefCell<Vec<Rc<RelayFd>>>,
+    peer_socks: RefCell<Vec<Rc<UdpSocket>>>,
     /// Wakes `flusher` when relay readers queued datagrams.
     tx_pending: Notify,
     /// Receive slots for relay sockets, and the buffer their output is framed into.
     relay_rx: RefCell<RelayRx>,
     relay_tx: RefCell<Box<[u8]>>,
+    /// The relay sockets, their epoll set, and the slots of sockets that stopped at their
+    /// budget with datagrams left (edge-triggered: no new event will name them).
+    relay_poll: Rc<AsyncFd<RelayPoll>>,
+    relays: RefCell<RelaySlots>,
+    relay_pending: RefCell<Vec<usize>>,
     /// The deadline the timer task sleeps until.
     armed: Cell<Option<Instant>>,
     timer: Notify,
@@ -102,8 +136,14 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(make_engine: impl FnOnce(NetRelay) -> Engine<NetRelay>, stop: watch::Receiver<bool>) -> Rc<Shard> {
-        Rc::new_cyclic(|weak| Shard {
+    /// Must be called inside the shard's runtime (the relay epoll set registers with it).
+    pub fn new(
+        make_engine: impl FnOnce(NetRelay) -> Engine<NetRelay>,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<Rc<Shard>> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let relay_poll = Rc::new(super::socket::readable(RelayPoll(epoll))?);
+        Ok(Rc::new_cyclic(|weak| Shard {
             engine: RefCell::new(make_engine(NetRelay { shard: weak.clone() })),
             udp: RefCell::new(Vec::new()),
             tcp: RefCell::new(HashMap::new()),
@@ -116,10 +156,88 @@ impl Shard {
                 headers: MultiHeaders::preallocate(RELAY_BATCH, None),
             }),
             relay_tx: RefCell::new(vec![0u8; MAX_MESSAGE_LEN + 64].into_boxed_slice()),
+            relay_poll,
+            relays: RefCell::new(RelaySlots::default()),
+            relay_pending: RefCell::new(Vec::new()),
             armed: Cell::new(None),
             timer: Notify::new(),
             stop,
-        })
+        }))
+    }
+
+    /// Adds a relay socket to the epoll set; returns its slot.
+    fn register_relay(&self, sock: Rc<UdpSocket>, token: RelayToken) -> io::Result<usize> {
+        let mut relays = self.relays.borrow_mut();
+        let slot = match relays.free.pop() {
+            Some(slot) => slot,
+            None => {
+                relays.entries.push(None);
+                relays.entries.len() - 1
+            }
+        };
+        let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, slot as u64);
+        if let Err(e) = self.relay_poll.get_ref().0.add(&*sock, event) {
+            relays.free.push(slot);
+            return Err(e.into());
+        }
+        if let Some(entry) = relays.entries.get_mut(slot) {
+            *entry = Some((sock, token));
+        }
+        Ok(slot)
+    }
+
+    /// Takes a relay socket out of the epoll set and frees its slot.
+    fn forget_relay(&self, slot: usize, sock: &UdpSocket) {
+        let _ = self.relay_poll.get_ref().0.delete(sock);
+        let mut relays = self.relays.borrow_mut();
+        if let Some(entry) = relays.entries.get_mut(slot) {
+            if entry.take().is_some() {
+                relays.free.push(slot);
+            }
+        }
+    }
+
+    fn relay_at(&self, slot: usize) -> Option<(Rc<UdpSocket>, RelayToken)> {
+        self.relays.borrow().entries.get(slot).and_then(|e| e.clone())
+    }
+
+    /// Reads every relay socket that has datagrams: first those left over at their budget
+    /// last time, then those the epoll set reports. Returns true when work is left.
+    fn relay_round(&self, events: &mut [EpollEvent]) -> bool {
+        let n = self
+            .relay_poll
+            .get_ref()
+            .0
+            .wait(events, EpollTimeout::ZERO)
+            .unwrap_or_default();
+        let mut more = n == events.len();
+        let carried = self.relay_pending.borrow().len();
+        for i in 0..carried {
+            let slot = self.relay_pending.borrow().get(i).copied();
+            if let Some(slot) = slot {
+                more |= self.drain_slot(slot);
+            }
+        }
+        self.relay_pending.borrow_mut().drain(..carried);
+        for event in events.iter().take(n) {
+            more |= self.drain_slot(event.data() as usize);
+        }
+        if let Some(metrics) = self.engine.try_borrow().ok().map(|e| e.metrics().clone()) {
+            self.flush_udp(&metrics);
+        }
+        more
+    }
+
+    /// Drains one relay socket up to its budget; remembers it when datagrams are left.
+    fn drain_slot(&self, slot: usize) -> bool {
+        let Some((sock, token)) = self.relay_at(slot) else {
+            return false;
+        };
+        let left = drain_relay(self, &sock, token);
+        if left {
+            self.relay_pending.borrow_mut().push(slot);
+        }
+        left
     }
 
     /// Wakes the timer task if the engine's next deadline moved earlier. Called after every
@@ -272,18 +390,25 @@ pub async fn timers(shard: Rc<Shard>) {
     }
 }
 
-/// Receives what peers send to one relay socket and hands it to the engine.
-async fn relay_reader(shard: Weak<Shard>, sock: Rc<RelayFd>, token: RelayToken) {
+/// Receives what peers send to every relay socket of the shard and hands it to the engine.
+pub async fn relays(shard: Rc<Shard>) {
+    let mut stop = shard.stop.clone();
+    let poll = shard.relay_poll.clone();
+    let mut events = [EpollEvent::empty(); RELAY_EVENTS];
     loop {
-        let Ok(mut guard) = sock.readable().await else { return };
-        let Some(shard) = shard.upgrade() else { return };
-        let more = drain_relay(&shard, &mut guard, token);
-        drop(shard);
-        // Only a reader that stopped at its budget, with datagrams still waiting, yields to
-        // the shard's other tasks; one that emptied its socket waits for readiness again,
-        // without being scheduled once more for nothing.
-        if more {
+        let mut guard = tokio::select! {
+            r = poll.readable() => match r { Ok(g) => g, Err(_) => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if shard.relay_round(&mut events) {
+            // Work is left (a full set of events, or sockets at their budget): let the
+            // shard's other tasks run, then come back without waiting for a new event.
+            drop(guard);
             tokio::task::yield_now().await;
+        } else {
+            // Everything was read. A datagram that arrived since makes a new event, which
+            // sets the readiness again.
+            guard.clear_ready();
         }
     }
 }
@@ -291,16 +416,15 @@ async fn relay_reader(shard: Weak<Shard>, sock: Rc<RelayFd>, token: RelayToken) 
 /// Handles up to a batch of datagrams waiting on a relay socket, read with recvmmsg.
 /// Synchronous, so no borrow spans an await. Returns true when it stopped at its budget
 /// rather than on an empty socket.
-fn drain_relay(shard: &Shard, guard: &mut AsyncFdReadyGuard<'_, std::net::UdpSocket>, token: RelayToken) -> bool {
+fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
     let mut rx = shard.relay_rx.borrow_mut();
     let mut tx = shard.relay_tx.borrow_mut();
     for _ in 0..BATCH / RELAY_BATCH {
         let mut got = [(0usize, None::<SocketAddr>); RELAY_BATCH];
         let mut n = 0;
-        // A short read means the queue is empty: report WouldBlock so that tokio clears the
-        // readiness (it keeps it when a new datagram arrived meanwhile) and no further
-        // system call is spent to learn that.
-        let r = guard.try_io(|sock| {
+        // A short read means the queue is empty (edge-triggered: the next datagram makes a
+        // new event), so no further system call is spent to learn that.
+        let r = (|| {
             let RelayRx { bufs, headers } = &mut *rx;
             let mut chunks = bufs.chunks_mut(RELAY_SLOT);
             let mut slices: [[IoSliceMut<'_>; 1]; RELAY_BATCH] =
@@ -311,18 +435,13 @@ fn drain_relay(shard: &Shard, guard: &mut AsyncFdReadyGuard<'_, std::net::UdpSoc
                 slices.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,
-            )
-            .map_err(io::Error::from)?;
+            )?;
             for (slot, m) in got.iter_mut().zip(results) {
                 *slot = (m.bytes, m.address.as_ref().and_then(to_std));
                 n += 1;
             }
-            if n < RELAY_BATCH {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(())
-            }
-        });
+            Ok::<bool, Errno>(n == RELAY_BATCH)
+        })();
         for (i, (len, peer)) in got.iter().take(n).enumerate() {
             let Some(peer) = *peer else { continue };
             let data = rx
@@ -335,11 +454,11 @@ fn drain_relay(shard: &Shard, guard: &mut AsyncFdReadyGuard<'_, std::net::UdpSoc
             }
         }
         match r {
-            // Emptied: try_io cleared the readiness.
-            Err(_would_block) => return false,
-            Ok(Ok(())) => continue,
-            // ICMP errors from earlier sends surface here; they concern one peer only.
-            Ok(Err(_)) => continue,
+            Ok(true) => continue,
+            Ok(false) | Err(Errno::EAGAIN) => return false,
+            // ICMP errors from earlier sends surface here; they concern one peer only, and
+            // the next call reads what is queued behind them.
+            Err(_) => continue,
         }
     }
     true

@@ -40,16 +40,18 @@ pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpL
     Ok(s.into())
 }
 
-/// Registers a UDP socket with the shard's reactor for readability only. tokio's own
-/// `UdpSocket` also asks for writability, and then every datagram the kernel frees after a
-/// send (on loopback: at once) wakes the reactor's epoll for room nobody waits for: UDP sends
-/// here never wait, they drop and count when the buffer is full.
+/// Registers a descriptor the value owns (a socket, the relay epoll set) with the shard's
+/// reactor for readability only. tokio's own `UdpSocket` also asks for writability, and then
+/// every datagram the kernel frees after a send (on loopback: at once) wakes the reactor's
+/// epoll for room nobody waits for: UDP sends here never wait, they drop and count when the
+/// buffer is full.
 // `with_interest` is deprecated because an arbitrary `T` could hand out a different fd later;
-// a std `UdpSocket` owns its fd for its whole life, which is what the unsafe replacement
-// (`register_with_interest`) asks callers to promise, and this crate forbids unsafe code.
+// the types used here own their fd for their whole life, which is what the unsafe
+// replacement (`register_with_interest`) asks callers to promise, and this crate forbids
+// unsafe code.
 #[allow(deprecated)]
-pub fn readable(sock: std::net::UdpSocket) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
-    tokio::io::unix::AsyncFd::with_interest(sock, tokio::io::Interest::READABLE)
+pub fn readable<T: std::os::fd::AsRawFd>(owner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    tokio::io::unix::AsyncFd::with_interest(owner, tokio::io::Interest::READABLE)
 }
 
 /// True for the errors a host without IPv6 gives when asked for an IPv6 socket.
