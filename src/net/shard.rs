@@ -90,6 +90,9 @@ struct RelaySlots {
 
 /// Events taken from the relay epoll set per round.
 const RELAY_EVENTS: usize = 64;
+/// Datagrams read from relay sockets per round before the shard's other tasks (listeners,
+/// timers) get their turn; sockets not reached wait in `relay_pending`.
+const RELAY_ROUND_BUDGET: usize = 256;
 
 /// Data queued for a TCP client by the relay path, flushed by the connection's task.
 #[derive(Default)]
@@ -211,16 +214,17 @@ impl Shard {
             .wait(events, EpollTimeout::ZERO)
             .unwrap_or_default();
         let mut more = n == events.len();
+        let mut budget = RELAY_ROUND_BUDGET;
         let carried = self.relay_pending.borrow().len();
         for i in 0..carried {
             let slot = self.relay_pending.borrow().get(i).copied();
             if let Some(slot) = slot {
-                more |= self.drain_slot(slot);
+                more |= self.drain_slot(slot, &mut budget);
             }
         }
         self.relay_pending.borrow_mut().drain(..carried);
         for event in events.iter().take(n) {
-            more |= self.drain_slot(event.data() as usize);
+            more |= self.drain_slot(event.data() as usize, &mut budget);
         }
         if let Some(metrics) = self.engine.try_borrow().ok().map(|e| e.metrics().clone()) {
             self.flush_udp(&metrics);
@@ -228,12 +232,19 @@ impl Shard {
         more
     }
 
-    /// Drains one relay socket up to its budget; remembers it when datagrams are left.
-    fn drain_slot(&self, slot: usize) -> bool {
-        let Some((sock, token)) = self.relay_at(slot) else {
-            return false;
+    /// Drains one relay socket up to its own budget and what is left of the round's;
+    /// remembers it when datagrams may be left.
+    fn drain_slot(&self, slot: usize, budget: &mut usize) -> bool {
+        let left = if *budget == 0 {
+            true
+        } else {
+            let Some((sock, token)) = self.relay_at(slot) else {
+                return false;
+            };
+            let (read, left) = drain_relay(self, &sock, token);
+            *budget = budget.saturating_sub(read);
+            left
         };
-        let left = drain_relay(self, &sock, token);
         if left {
             self.relay_pending.borrow_mut().push(slot);
         }
@@ -414,11 +425,12 @@ pub async fn relays(shard: Rc<Shard>) {
 }
 
 /// Handles up to a batch of datagrams waiting on a relay socket, read with recvmmsg.
-/// Synchronous, so no borrow spans an await. Returns true when it stopped at its budget
-/// rather than on an empty socket.
-fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
+/// Synchronous, so no borrow spans an await. Returns how many datagrams it read, and true
+/// when it stopped at its budget rather than on an empty socket.
+fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> (usize, bool) {
     let mut rx = shard.relay_rx.borrow_mut();
     let mut tx = shard.relay_tx.borrow_mut();
+    let mut read = 0;
     for _ in 0..BATCH / RELAY_BATCH {
         let mut got = [(0usize, None::<SocketAddr>); RELAY_BATCH];
         let mut n = 0;
@@ -442,6 +454,7 @@ fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
             }
             Ok::<bool, Errno>(n == RELAY_BATCH)
         })();
+        read += n;
         for (i, (len, peer)) in got.iter().take(n).enumerate() {
             let Some(peer) = *peer else { continue };
             let data = rx
@@ -455,13 +468,13 @@ fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> bool {
         }
         match r {
             Ok(true) => continue,
-            Ok(false) | Err(Errno::EAGAIN) => return false,
+            Ok(false) | Err(Errno::EAGAIN) => return (read, false),
             // ICMP errors from earlier sends surface here; they concern one peer only, and
             // the next call reads what is queued behind them.
             Err(_) => continue,
         }
     }
-    true
+    (read, true)
 }
 
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
