@@ -122,7 +122,7 @@ pub struct Shard {
     /// they leave from, kept open until then.
     peer_tx: RefCell<TxQueue>,
     peer_socks: RefCell<Vec<Rc<UdpSocket>>>,
-    /// Wakes `flusher` when relay readers queued datagrams.
+    /// Wakes `flusher` when datagrams were queued for UDP clients.
     tx_pending: Notify,
     /// Receive slots for relay sockets, and the buffer their output is framed into.
     relay_rx: RefCell<RelayRx>,
@@ -366,9 +366,10 @@ impl Shard {
     }
 }
 
-/// Sends what relay readers queued for UDP clients. It is woken by the first reader that
-/// queues something and runs after the tasks already scheduled, so the datagrams of every
-/// relay socket that was ready go out in one sendmmsg.
+/// Sends what was queued for UDP clients outside a listener batch (TCP clients' relayed
+/// packets, anything a relay round left). It is woken by the first datagram queued and runs
+/// after the tasks already scheduled, so what they queue goes out in one sendmmsg. A relay
+/// round flushes its own datagrams when it ends.
 pub async fn flusher(shard: Rc<Shard>) {
     let mut stop = shard.stop.clone();
     loop {
