@@ -128,6 +128,12 @@ fn bad_configs_report_path_line_col_and_exit_1() {
         ("threads = -1\n".into(), 1, "threads must be between"),
         ("[log]\nformat = \"xml\"\n".into(), 2, "unknown variant `xml`"),
         ("[log]\nlevel = \"=\"\n".into(), 2, "invalid log level"),
+        (
+            "[log]\nlevel = \"verbose\"\n".into(),
+            2,
+            "unknown level \"verbose\": use one of off, error, warn, info, debug, trace",
+        ),
+        ("[log]\nlevel = \"warnn\"\n".into(), 2, "invalid log level \"warnn\""),
         ("software = \"\"\n".into(), 1, "software must be"),
         ("this is not toml\n".into(), 1, ""),
         (format!("{listen}{listen}"), 1, "appears twice"),
@@ -143,6 +149,8 @@ fn bad_configs_report_path_line_col_and_exit_1() {
         ),
         (format!("{listen}protocols = [\"tcp\", \"tls\"]\n"), 3, "both TCP"),
         ("shutdown_grace = \"forever\"\n".into(), 1, "invalid duration"),
+        ("server_name = \"turn example\"\n".into(), 1, "is not a DNS name"),
+        ("[metrics]\nlisten = \"on\"\n".into(), 2, "or \"off\""),
     ];
     for (text, line, msg) in cases {
         let (l, _c, m) = config_error(text);
@@ -155,6 +163,25 @@ fn bad_configs_report_path_line_col_and_exit_1() {
 fn column_points_at_the_offending_value() {
     let (line, col, _) = config_error("[[listen]]\naddress    =   \"bogus\"\n");
     assert_eq!((line, col), (2, 16));
+}
+
+#[test]
+fn metrics_default_to_loopback_in_every_config_and_off_turns_them_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let effective = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let o = turnd(&["check-config", "--config", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let listen = |out: &str| {
+        let section = out.split("[metrics]").nth(1).expect("a [metrics] section");
+        section.lines().find(|l| l.starts_with("listen")).unwrap().to_string()
+    };
+    assert_eq!(listen(&effective("realm = \"x\"\n")), "listen = \"127.0.0.1:9641\"");
+    assert_eq!(listen(&effective("[metrics]\nlisten = \"off\"\n")), "listen = \"off\"");
+    assert_eq!(listen(&effective("[metrics]\nlisten = \"[::1]:9000\"\n")), "listen = \"[::1]:9000\"");
 }
 
 #[test]
@@ -215,7 +242,7 @@ fn a_port_in_use_is_a_clear_start_error() {
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        format!("threads = 1\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nprotocols = [\"udp\"]\n"),
+        format!("threads = 1\n[[listen]]\naddress = \"127.0.0.1:{port}\"\nprotocols = [\"udp\"]\n[metrics]\nlisten = \"off\"\n"),
     )
     .unwrap();
     let o = turnd(&["serve", "--config", path.to_str().unwrap()]);
@@ -228,29 +255,68 @@ fn a_port_in_use_is_a_clear_start_error() {
 }
 
 #[test]
+fn a_second_turnd_on_the_same_address_fails_to_start_whatever_threads_is() {
+    let first = common::Turnd::start(
+        "threads = 2\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"udp\"]\n\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"tcp\"]\n",
+    );
+    for (transport, addr) in [("udp", first.udp[0]), ("tcp", first.tcp[0])] {
+        for threads in [1, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            let cfg = format!(
+                "threads = {threads}\n[[listen]]\naddress = \"{addr}\"\nprotocols = [\"{transport}\"]\n[metrics]\nlisten = \"off\"\n"
+            );
+            std::fs::write(&path, common::isolate(&cfg, dir.path())).unwrap();
+            let o = turnd(&["serve", "--config", path.to_str().unwrap()]);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "threads = {threads}, {transport}: {err}");
+            assert!(
+                err.contains(&format!("cannot listen on {transport} {addr}")) && err.contains("in use"),
+                "threads = {threads}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn log_format_json_and_level_with_rust_log_override() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(
         &path,
-        "threads = 1\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"udp\"]\n[log]\nlevel = \"warn\"\nformat = \"json\"\n",
+        "threads = 1\n[[listen]]\naddress = \"127.0.0.1:0\"\nprotocols = [\"udp\"]\n[metrics]\nlisten = \"off\"\n[log]\nlevel = \"warn\"\nformat = \"json\"\n",
     )
     .unwrap();
-    let run = |rust_log: Option<&str>| {
+    // Runs the server until it has printed `until`, stops it, and returns all it printed.
+    let run = |rust_log: Option<&str>, until: &str| {
+        use std::io::BufRead;
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config", path.to_str().unwrap()])
             .env_remove("RUST_LOG");
         if let Some(v) = rust_log {
             cmd.env("RUST_LOG", v);
         }
-        let child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(700));
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut out = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            out.push_str(&line);
+            out.push('\n');
+            if line.contains(until) {
+                break;
+            }
+        }
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        for line in lines.map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let _ = child.wait();
+        out
     };
     // level = "warn": the no-credentials warning, as JSON, and no info lines.
-    let warn = run(None);
+    let warn = run(None, "serving STUN only");
     let lines: Vec<serde_json::Value> = warn
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -258,7 +324,7 @@ fn log_format_json_and_level_with_rust_log_override() {
     assert!(lines.iter().any(|l| l["level"] == "WARN"), "{warn}");
     assert!(lines.iter().all(|l| l["level"] != "INFO"), "{warn}");
     // RUST_LOG overrides the configured level.
-    let info = run(Some("info"));
+    let info = run(Some("info"), "turnd ready");
     assert!(
         info.lines()
             .any(|l| l.contains("\"listening\"") || l.contains("listening")),

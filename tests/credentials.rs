@@ -167,11 +167,53 @@ fn user_add_generates_a_password_once_and_the_file_holds_only_keys() {
     assert_eq!(std::fs::metadata(&users).unwrap().permissions().mode() & 0o777, 0o600);
     // The password was printed once: listing shows names and realms only.
     let o = turnd(&cfg, &["user", "list"], None);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("carol\t{REALM}\n"));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("carol\t{REALM}\tusers file\n"));
     // Adding again is an error.
     let o = turnd(&cfg, &["user", "add", "carol", "--password-stdin"], Some("x\n"));
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_user_of_another_realm_is_refused_and_inline_users_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("turnd.toml");
+    let users = dir.path().join("u.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "realm = \"{REALM}\"\n[auth]\nusers_file = \"{}\"\n[[auth.users]]\nname = \"alice\"\npassword = \"secret\"\n",
+            users.display()
+        ),
+    )
+    .unwrap();
+    // A key made for another realm could never authenticate: refused, naming the realm.
+    for args in [
+        &["user", "add", "bob", "--realm", "other.realm", "--password-stdin"][..],
+        &["user", "passwd", "bob", "--realm", "other.realm", "--password-stdin"],
+    ] {
+        let o = turnd(&cfg, args, Some("pw\n"));
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("the server's realm is \"{REALM}\"")) && err.contains("\"other.realm\""),
+            "{err}"
+        );
+    }
+    assert!(!users.exists(), "nothing was written");
+    // The configured realm, spelled out, is fine.
+    let o = turnd(&cfg, &["user", "add", "bob", "--realm", REALM, "--password-stdin"], Some("pw\n"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // An inline user cannot be shadowed from the users file.
+    let o = turnd(&cfg, &["user", "add", "alice", "--password-stdin"], Some("pw\n"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("[[auth.users]]"), "{}", stderr(&o));
+    // Both sources are listed, each marked.
+    let o = turnd(&cfg, &["user", "list"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("bob\t{REALM}\tusers file\nalice\t{REALM}\tconfig file\n")
+    );
 }
 
 #[test]

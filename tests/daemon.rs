@@ -274,6 +274,35 @@ fn certificate_reload_serves_new_connections_and_keeps_old_ones_relaying() {
 }
 
 #[test]
+fn ice_credentials_name_turns_urls_after_the_certificate_or_server_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    let cfg_path = dir.path().join("turnd.toml");
+    let ice = |server_name: &str| {
+        let cfg = format!(
+            "{server_name}\n[[listen]]\naddress = \"0.0.0.0:5349\"\nprotocols = [\"tls\"]\n[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n[auth]\nsecrets = [\"s\"]\n",
+            dir.path().join("cert.pem").display(),
+            dir.path().join("key.pem").display()
+        );
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let o = Command::new(common::BIN)
+            .args(["credential", "--format", "ice", "--config"])
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["urls"].clone()
+    };
+    // Only a TLS listener: one turns: URL, named as the certificate's first DNS name.
+    assert_eq!(ice(""), serde_json::json!(["turns:localhost:5349?transport=tcp"]));
+    assert_eq!(
+        ice("server_name = \"turn.example.org\""),
+        serde_json::json!(["turns:turn.example.org:5349?transport=tcp"])
+    );
+}
+
+#[test]
 fn a_bad_certificate_is_a_clear_start_error() {
     let dir = tempfile::tempdir().unwrap();
     write_cert(dir.path());
@@ -293,7 +322,27 @@ fn a_bad_certificate_is_a_clear_start_error() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not belong to the certificate"), "{err}");
+    assert_eq!(err.matches("does not belong to the certificate").count(), 1, "said once: {err}");
+    // check-config loads them exactly as serve does: the same message, exit 1.
+    let check = |what: &str| {
+        let o = Command::new(common::BIN)
+            .args(["check-config", "--config"])
+            .arg(&cfg_path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "check-config with {what}: {err}");
+        err
+    };
+    let key_path = dir.path().join("key.pem").display().to_string();
+    let msg = err[err.find(&key_path).unwrap()..].lines().next().unwrap();
+    let checked = check("a foreign key");
+    assert!(checked.contains(msg), "check-config said {checked:?}, serve said {msg:?}");
+    std::fs::remove_file(dir.path().join("key.pem")).unwrap();
+    assert!(check("no key file").contains("key.pem: cannot read a PEM private key"));
+    std::fs::remove_file(dir.path().join("cert.pem")).unwrap();
+    assert!(check("no certificate file").contains("cert.pem: cannot read the certificate"));
+    std::fs::write(dir.path().join("key.pem"), other.key_pair.serialize_pem()).unwrap();
     std::fs::write(dir.path().join("cert.pem"), "garbage").unwrap();
     let o = Command::new(common::BIN)
         .args(["serve", "--config"])
@@ -420,6 +469,16 @@ fn a_second_sigterm_exits_at_once_and_grace_is_bounded() {
     let _ = Command::new("kill").args(["-TERM", &t.pid().to_string()]).status();
     let status = wait_exit(&mut t, Duration::from_secs(2)).expect("a second SIGTERM must exit at once");
     assert!(status.success(), "{status:?}");
+    // The log names what happened: the relay address as an address (no `Some(..)`, no empty
+    // family), and an end by shutdown, which is not an admin's disconnect.
+    let log: Vec<String> = std::iter::from_fn(|| t.log.recv_timeout(Duration::from_secs(2)).ok()).collect();
+    let created = log.iter().find(|l| l.contains("allocation created")).expect("created line");
+    assert!(
+        created.contains("relay_v4=127.0.0.1:") && !created.contains("Some(") && !created.contains("relay_v6"),
+        "{created}"
+    );
+    let ended = log.iter().find(|l| l.contains("allocation ended")).expect("ended line");
+    assert!(ended.contains("reason=\"shutdown\""), "{ended}");
 
     let mut t = Turnd::start(&turn_config("threads = 1\nshutdown_grace = \"1s\""));
     let udp = Udp::new(t.udp[0]);

@@ -90,6 +90,8 @@ users_file = "{}"
 allow = ["127.0.0.0/8"]
 [admin]
 socket = "{}"
+[metrics]
+listen = "off"
 [log]
 level = "warn"
 "#,

@@ -113,6 +113,13 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match cli.command {
         Command::CheckConfig => {
+            // The certificate and key are loaded exactly as `serve` loads them.
+            if let Some(t) = &config.tls {
+                if let Err(e) = crate::net::tls::load(t) {
+                    eprintln!("turnd: {e}");
+                    return ExitCode::from(1);
+                }
+            }
             println!("# effective config, loaded from {}", config.source);
             print!("{}", config.to_toml());
             ExitCode::SUCCESS

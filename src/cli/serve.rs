@@ -213,6 +213,16 @@ fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String
     Ok(l)
 }
 
+/// Reports a start-up error once: in the log when the log shows errors, else on stderr.
+fn fatal(e: impl std::fmt::Display) -> ExitCode {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{e}");
+    } else {
+        eprintln!("turnd: {e}");
+    }
+    ExitCode::from(1)
+}
+
 pub fn serve(config: Config) -> ExitCode {
     init_logging(&config);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -232,11 +242,7 @@ pub fn serve(config: Config) -> ExitCode {
     let health = Arc::new(Health::default());
     let metrics_listener = match config.metrics_listen.map(bind_http).transpose() {
         Ok(l) => l,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("turnd: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fatal(e),
     };
     let nonce_key = match NonceKey::random() {
         Ok(k) => k,
@@ -247,11 +253,7 @@ pub fn serve(config: Config) -> ExitCode {
     };
     let certs = match config.tls.as_ref().map(CertStore::new).transpose() {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("turnd: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fatal(e),
     };
     let mut live = Live::new(config.clone());
     live.certs = certs.clone();
@@ -260,11 +262,7 @@ pub fn serve(config: Config) -> ExitCode {
     let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key, metrics.clone()));
     let server = match Server::start(&config, shared.clone(), certs.as_ref()) {
         Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("turnd: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fatal(e),
     };
     let admin_listener = match crate::net::admin::bind(&config.admin_socket) {
         Ok(l) => Some(l),

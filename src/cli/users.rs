@@ -47,11 +47,33 @@ fn explain(e: ModifyError, path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The realm a new key is made for: the server's one realm. A user keyed for another realm
+/// could never authenticate, so asking for one is an error.
+fn server_realm<'a>(config: &'a Config, asked: Option<&str>) -> Result<&'a str, String> {
+    match asked {
+        Some(r) if r != config.realm => Err(format!(
+            "the server's realm is {:?} (realm in {}); a user of realm {r:?} could never authenticate. \
+             Leave out --realm, or change realm in the config first",
+            config.realm, config.source
+        )),
+        _ => Ok(&config.realm),
+    }
+}
+
 pub fn add(config: &Config, name: &str, realm: Option<&str>, password_stdin: bool) -> ExitCode {
     if let Err(e) = check_user_name(name) {
         return fail(e);
     }
-    let realm = realm.unwrap_or(&config.realm);
+    let realm = match server_realm(config, realm) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if config.auth.users.iter().any(|u| u.name == name) {
+        return fail(format!(
+            "user {name:?} is defined in [[auth.users]] in {}; change it there",
+            config.source
+        ));
+    }
     let (password, generated) = if password_stdin {
         match password_from_stdin() {
             Ok(p) => (p, false),
@@ -110,7 +132,10 @@ pub fn remove(config: &Config, name: &str, realm: Option<&str>) -> ExitCode {
 }
 
 pub fn passwd(config: &Config, name: &str, realm: Option<&str>, password_stdin: bool) -> ExitCode {
-    let realm = realm.unwrap_or(&config.realm);
+    let realm = match server_realm(config, realm) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
     let (password, generated) = if password_stdin {
         match password_from_stdin() {
             Ok(p) => (p, false),
@@ -141,11 +166,18 @@ pub fn passwd(config: &Config, name: &str, realm: Option<&str>, password_stdin: 
     }
 }
 
+/// Lists users as `NAME<TAB>REALM<TAB>SOURCE`: the users file, then `[[auth.users]]` from the
+/// config file (which `turnd user` cannot change).
 pub fn list(config: &Config, realm: Option<&str>) -> ExitCode {
     match users_file::UsersFile::load(&config.auth.users_file) {
         Ok(f) => {
             for u in f.users.iter().filter(|u| realm.is_none_or(|r| u.realm == r)) {
-                println!("{}\t{}", u.name, u.realm);
+                println!("{}\t{}\tusers file", u.name, u.realm);
+            }
+            if realm.is_none_or(|r| r == config.realm) {
+                for u in &config.auth.users {
+                    println!("{}\t{}\tconfig file", u.name, config.realm);
+                }
             }
             ExitCode::SUCCESS
         }
@@ -169,15 +201,50 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// `turn:` URLs for every listener, with the host clients should use: `relay.external` of
-/// the listener's family, else the listener's address, else this machine's name.
+/// The host name for `turns:` URLs: `server_name`, else the certificate's first DNS name.
+fn tls_host(config: &Config) -> Result<String, String> {
+    if let Some(n) = &config.server_name {
+        return Ok(n.clone());
+    }
+    let Some(tls) = &config.tls else {
+        return Err("no [tls] section".into());
+    };
+    match crate::net::tls::first_dns_name(&tls.certificate)? {
+        Some(n) => Ok(n),
+        None => Err(format!(
+            "the certificate {} has no DNS name; set server_name",
+            tls.certificate.display()
+        )),
+    }
+}
+
+/// `turn:` URLs for every UDP and TCP listener, with the host clients should use:
+/// `relay.external` of the listener's family, else the listener's address, else this
+/// machine's name; and `turns:` URLs for TLS listeners, with the name the certificate is for.
 pub fn turn_urls(config: &Config) -> Vec<String> {
     let mut urls = Vec::new();
+    let mut tls_host_cache: Option<Option<String>> = None;
     for l in &config.listen {
         if l.address.port() == 0 {
             // The port is picked at start-up, so no URL can name it.
             eprintln!("note: listener {} has port 0 and is left out of the URLs", l.address);
             continue;
+        }
+        let port = l.address.port();
+        if l.tls {
+            let host = tls_host_cache.get_or_insert_with(|| match tls_host(config) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    eprintln!("note: turns: URLs are left out: {e}");
+                    None
+                }
+            });
+            if let Some(host) = host {
+                let url = format!("turns:{host}:{port}?transport=tcp");
+                if !urls.contains(&url) {
+                    urls.push(url);
+                }
+            }
         }
         let ip = l.address.ip();
         let host = match config.relay.external.iter().find(|e| e.is_ipv4() == ip.is_ipv4()) {
@@ -191,7 +258,7 @@ pub fn turn_urls(config: &Config) -> Vec<String> {
             None => hostname(),
         };
         for (on, t) in [(l.udp, "udp"), (l.tcp, "tcp")] {
-            let url = format!("turn:{host}:{}?transport={t}", l.address.port());
+            let url = format!("turn:{host}:{port}?transport={t}");
             if on && !urls.contains(&url) {
                 urls.push(url);
             }

@@ -188,12 +188,16 @@ pub struct Config {
     /// SOFTWARE attribute value, omitted when `None`.
     pub software: Option<String>,
     pub realm: String,
+    /// `server_name`: the DNS name clients use (`turns:` URLs); `None` takes the certificate's
+    /// first DNS name.
+    pub server_name: Option<String>,
     pub listen: Vec<Listener>,
     pub relay: RelayConfig,
     pub auth: AuthConfig,
     /// `peers.allow`: exceptions to the built-in deny list.
     pub peers_allow: Vec<IpNet>,
-    /// `metrics.listen`: where `/metrics` and `/healthz` are served; `None` serves nothing.
+    /// `metrics.listen`: where `/metrics` and `/healthz` are served (default 127.0.0.1:9641);
+    /// `None` (`listen = "off"`) serves nothing.
     pub metrics_listen: Option<SocketAddr>,
     /// `admin.socket`: the Unix socket `turnd sessions` and `turnd disconnect` talk to.
     pub admin_socket: PathBuf,
@@ -207,6 +211,11 @@ pub struct Config {
 }
 
 const DEFAULT_REALM: &str = "turnd";
+/// Metrics are served on loopback unless the config says otherwise.
+const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9641);
+/// `metrics.listen = "off"` serves no HTTP endpoint.
+pub const METRICS_OFF: &str = "off";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Generous for a NAT full of users, small enough that one source cannot use the server as
 /// a reflector.
@@ -232,6 +241,8 @@ struct RawConfig {
     software: Option<Spanned<String>>,
     #[serde(default)]
     realm: Option<Spanned<String>>,
+    #[serde(default)]
+    server_name: Option<Spanned<String>>,
     #[serde(default)]
     listen: Option<Spanned<Vec<RawListen>>>,
     #[serde(default)]
@@ -447,11 +458,8 @@ impl Config {
             Some(l) => {
                 let level = match l.level {
                     None => "info".to_string(),
-                    Some(s) => {
-                        tracing_subscriber::EnvFilter::try_new(s.get_ref())
-                            .map_err(|e| cx.err(s.span(), format!("invalid log level {:?}: {e}", s.get_ref())))?;
-                        s.into_inner()
-                    }
+                    Some(s) => check_log_level(s.get_ref())
+                        .map_err(|e| cx.err(s.span(), format!("invalid log level {:?}: {e}", s.get_ref())))?,
                 };
                 LogConfig {
                     level,
@@ -488,16 +496,21 @@ impl Config {
         }
 
         let metrics_listen = match raw.metrics.unwrap_or_default().listen {
-            None => None,
+            None => Some(DEFAULT_METRICS_LISTEN),
+            Some(a) if a.get_ref() == METRICS_OFF => None,
             Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
                 cx.err(
                     a.span(),
                     format!(
-                        "invalid metrics.listen {:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\"",
+                        "invalid metrics.listen {:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\", or \"off\"",
                         a.get_ref()
                     ),
                 )
             })?),
+        };
+        let server_name = match raw.server_name {
+            None => None,
+            Some(n) => Some(check_dns_name(n.get_ref()).map_err(|e| cx.err(n.span(), e))?.to_string()),
         };
 
         let admin_socket = match raw.admin.unwrap_or_default().socket {
@@ -555,6 +568,7 @@ impl Config {
             threads,
             software,
             realm,
+            server_name,
             listen,
             relay,
             auth,
@@ -679,6 +693,8 @@ impl Config {
             #[serde(skip_serializing_if = "Option::is_none")]
             software: Option<&'a str>,
             realm: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            server_name: Option<&'a str>,
             listen: Vec<OutListen>,
             relay: OutRelay,
             limits: OutLimits,
@@ -686,8 +702,7 @@ impl Config {
             peers: OutPeers,
             #[serde(skip_serializing_if = "Option::is_none")]
             tls: Option<OutTls>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            metrics: Option<OutMetrics>,
+            metrics: OutMetrics,
             admin: OutAdmin,
             log: OutLog<'a>,
         }
@@ -755,6 +770,7 @@ impl Config {
             }),
             software: self.software.as_deref(),
             realm: &self.realm,
+            server_name: self.server_name.as_deref(),
             relay: OutRelay {
                 addresses: self.relay.addresses.iter().map(ToString::to_string).collect(),
                 external: self.relay.external.iter().map(ToString::to_string).collect(),
@@ -791,7 +807,9 @@ impl Config {
             peers: OutPeers {
                 allow: self.peers_allow.iter().map(ToString::to_string).collect(),
             },
-            metrics: self.metrics_listen.map(|a| OutMetrics { listen: a.to_string() }),
+            metrics: OutMetrics {
+                listen: self.metrics_listen.map_or(METRICS_OFF.to_string(), |a| a.to_string()),
+            },
             admin: OutAdmin {
                 socket: self.admin_socket.display().to_string(),
             },
@@ -926,6 +944,57 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
             Some(s) => parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
         },
     })
+}
+
+/// Checks a host name for `server_name`: letters, digits, '-' and '.', as in a URL.
+fn check_dns_name(name: &str) -> Result<&str, String> {
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || trimmed.len() > 253 || !trimmed.split('.').all(ok_label) {
+        return Err(format!(
+            "server_name {name:?} is not a DNS name: use the name clients connect to, e.g. \"turn.example.org\""
+        ));
+    }
+    Ok(trimmed)
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `log.level` directive list. `EnvFilter` reads a lone word such as `"verbose"` as a
+/// module name and then logs nothing at all, so every directive must be a level, or
+/// `TARGET=LEVEL`.
+/// Returns the directives with the spaces around commas taken out, as `EnvFilter` wants them.
+fn check_log_level(text: &str) -> Result<String, String> {
+    let levels = LOG_LEVELS.join(", ");
+    let mut any = false;
+    for d in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        any = true;
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            _ if d.contains('=') => return Err(format!("{d:?} has no target before '='")),
+            _ => d,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(if d.contains('=') {
+                format!("unknown level {level:?} in {d:?}: use one of {levels}")
+            } else {
+                format!("unknown level {level:?}: use one of {levels}, or TARGET=LEVEL (e.g. \"turnd=debug\")")
+            });
+        }
+    }
+    if !any {
+        return Err(format!("no level given: use one of {levels}"));
+    }
+    let normal: Vec<&str> = text.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    let normal = normal.join(",");
+    tracing_subscriber::EnvFilter::try_new(&normal).map_err(|e| e.to_string())?;
+    Ok(normal)
 }
 
 /// The rules for a user name, shared with `turnd user`.
@@ -1110,6 +1179,16 @@ mod tests {
         assert_eq!(addrs, ["0.0.0.0:3478", "[::]:3478"]);
         assert!(c.listen.iter().all(|l| l.udp && l.tcp));
         assert!(c.software.is_none());
+    }
+
+    #[test]
+    fn log_levels_are_checked_word_by_word() {
+        for ok in ["info", "WARN", "turnd=debug,warn", "off", "info, turnd::net=trace"] {
+            assert!(check_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "warnn", "", "turnd=loud", "=", "info,chatty"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

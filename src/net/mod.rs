@@ -226,6 +226,9 @@ impl Server {
                 let mut here = Vec::new();
                 if l.udp {
                     let mut addr = l.address;
+                    if reuse_port {
+                        shared_elsewhere(addr, false).map_err(|e| bind_err("udp", addr, e))?;
+                    }
                     for shard in sockets.iter_mut() {
                         let s = socket::bind_udp(addr, reuse_port).map_err(|e| bind_err("udp", addr, e))?;
                         addr = s.local_addr().map_err(|e| bind_err("udp", addr, e))?;
@@ -252,6 +255,9 @@ impl Server {
                         per_ip: PerIp::new(l.max_connections_per_ip),
                     };
                     let mut addr = l.address;
+                    if reuse_port {
+                        shared_elsewhere(addr, true).map_err(|e| bind_err(name, addr, e))?;
+                    }
                     for shard in sockets.iter_mut() {
                         let s = socket::bind_tcp(addr, reuse_port).map_err(|e| bind_err(name, addr, e))?;
                         addr = s.local_addr().map_err(|e| bind_err(name, addr, e))?;
@@ -360,6 +366,24 @@ fn handle_command(shard: &shard::Shard, cmd: ShardCommand) {
     }
 }
 
+/// With SO_REUSEPORT the kernel would let a second process of the same user bind our address
+/// and take half of the clients; refuse to start instead. (Port 0 is a fresh port.)
+fn shared_elsewhere(addr: SocketAddr, stream: bool) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    socket::probe_free(addr, stream).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{e}: another process already serves this address (is another turnd running?)"),
+            )
+        } else {
+            e
+        }
+    })
+}
+
 fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> BindError {
     BindError {
         transport,
@@ -440,15 +464,9 @@ fn run_shard(
             }
         }
         // Ending every allocation drops its relay sockets before the runtime goes away.
-        let now = std::time::Instant::now();
-        let users: Vec<String> = shard
+        shard
             .engine
-            .borrow()
-            .allocations()
-            .map(|a| a.username.to_string())
-            .collect();
-        for u in users {
-            shard.engine.borrow_mut().disconnect_user(now, &u);
-        }
+            .borrow_mut()
+            .end_all(std::time::Instant::now(), crate::server::EndReason::Shutdown);
     });
 }

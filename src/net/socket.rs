@@ -40,6 +40,26 @@ pub fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpL
     Ok(s.into())
 }
 
+/// Fails with `AddrInUse` when another socket already holds `addr`, even one that would let
+/// us share it through SO_REUSEPORT (another process of the same user, such as a second
+/// turnd): the probe binds without SO_REUSEPORT, then closes.
+pub fn probe_free(addr: SocketAddr, stream: bool) -> io::Result<()> {
+    let (ty, proto) = if stream {
+        (Type::STREAM, Protocol::TCP)
+    } else {
+        (Type::DGRAM, Protocol::UDP)
+    };
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if stream {
+        // Connections of an earlier run in TIME_WAIT are not "another process".
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())
+}
+
 /// Registers a descriptor the value owns (a socket, the relay epoll set) with the shard's
 /// reactor for readability only. tokio's own `UdpSocket` also asks for writability, and then
 /// every datagram the kernel frees after a send (on loopback: at once) wakes the reactor's

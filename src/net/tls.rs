@@ -50,6 +50,20 @@ pub fn load(paths: &TlsConfig) -> Result<CertifiedKey, String> {
     Ok(ck)
 }
 
+/// The first DNS name (subject alternative name) of the certificate at `path` that clients can
+/// connect to: wildcards are skipped. `Ok(None)` when it has none.
+pub fn first_dns_name(path: &Path) -> Result<Option<String>, String> {
+    let shown = path.display();
+    let der = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{shown}: cannot read the certificate: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{shown}: no certificate in the file"))?
+        .map_err(|e| format!("{shown}: not a PEM certificate chain: {e}"))?;
+    let cert = webpki::EndEntityCert::try_from(&der).map_err(|e| format!("{shown}: unreadable certificate: {e}"))?;
+    let name = cert.valid_dns_names().find(|n| !n.starts_with('*'));
+    Ok(name.map(str::to_string))
+}
+
 /// The certificate in force, swappable at run time.
 #[derive(Debug)]
 pub struct CertStore {

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod policy;
 pub mod relay;
 pub mod testclient;
+mod refusal;
 mod turn;
 
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 pub use policy::PeerPolicy;
+pub use refusal::Refusal;
 pub use relay::{AllocationId, PortRange, RelayIo, RelayToken};
 
 use crate::auth::{CredentialSource, Credentials, NonceKey};
@@ -225,15 +227,19 @@ struct QuotaInner {
 }
 
 impl Quota {
-    fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> bool {
+    /// Counts one more allocation for `user`, unless a limit is reached.
+    fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> Result<(), Refusal> {
         let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let used = q.per_user.get(user).copied().unwrap_or(0);
-        if q.total >= max_total || used >= max_user {
-            return false;
+        if q.total >= max_total {
+            return Err(Refusal::ServerQuota);
+        }
+        if used >= max_user {
+            return Err(Refusal::UserQuota);
         }
         q.total += 1;
         *q.per_user.entry(user.into()).or_insert(0) += 1;
-        true
+        Ok(())
     }
 
     fn release(&self, user: &str) {
@@ -318,7 +324,10 @@ pub enum EndReason {
     Expired,
     Refresh0,
     TcpClosed,
+    /// `turnd disconnect`.
     Disconnected,
+    /// The server stopped (SIGINT, a second SIGTERM, or `shutdown_grace` passed).
+    Shutdown,
 }
 
 impl EndReason {
@@ -328,6 +337,7 @@ impl EndReason {
             EndReason::Refresh0 => "refresh 0",
             EndReason::TcpClosed => "tcp closed",
             EndReason::Disconnected => "disconnected",
+            EndReason::Shutdown => "shutdown",
         }
     }
 }
@@ -674,6 +684,15 @@ impl<R: RelayIo> Engine<R> {
             .collect();
         for &id in &ids {
             self.end_allocation(now, id, EndReason::Disconnected);
+        }
+        ids.len()
+    }
+
+    /// Ends every allocation at once (the server stops); returns how many ended.
+    pub fn end_all(&mut self, now: Instant, reason: EndReason) -> usize {
+        let ids: Vec<AllocationId> = self.table.iter().map(|(id, _)| id).collect();
+        for &id in &ids {
+            self.end_allocation(now, id, reason);
         }
         ids.len()
     }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::allocation::{family_index, Allocation, Channel, Relay, Traffic, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use super::relay::{AllocationId, RelayToken};
+use super::refusal::Refusal;
 use super::{policy, EndReason, Engine, FiveTuple, Output, RelayIo, DEFAULT_LIFETIME};
 use crate::auth::{Verdict, NONCE_LEN};
 use crate::metrics::{AuthFailure, DropReason, TurnMethod};
@@ -88,33 +89,22 @@ impl<R: RelayIo> Engine<R> {
         // spoofed request can reflect (RFC 8656 would authenticate first; the answer would be
         // the same).
         let has_allocation = self.table.id_for(tuple).is_some();
-        if msg.method() == Method::ALLOCATE && msg.get(AttrType::REQUESTED_TRANSPORT).is_none() && !has_allocation {
-            self.shared.metrics.turn_request(method, false);
-            self.log_refusal(now, tuple, msg, ErrorCode::BAD_REQUEST, "missing REQUESTED-TRANSPORT");
-            return self.error(msg, ErrorCode::BAD_REQUEST, &[], out);
-        }
-        if msg.method() != Method::ALLOCATE && !has_allocation {
-            self.shared.metrics.turn_request(method, false);
-            self.log_refusal(
-                now,
-                tuple,
-                msg,
-                ErrorCode::ALLOCATION_MISMATCH,
-                "no allocation on this 5-tuple",
-            );
-            return self.error(msg, ErrorCode::ALLOCATION_MISMATCH, &[], out);
-        }
+        let refusal = if msg.method() == Method::ALLOCATE
+            && msg.get(AttrType::REQUESTED_TRANSPORT).is_none()
+            && !has_allocation
+        {
+            Some(Refusal::MissingTransport)
+        } else if msg.method() != Method::ALLOCATE && !has_allocation {
+            Some(Refusal::NoAllocation)
+        } else {
+            None
+        };
         let credentials = self.shared.credentials();
-        if !credentials.is_configured() {
+        let refusal = refusal.or((!credentials.is_configured()).then_some(Refusal::RelayDisabled));
+        if let Some(r) = refusal {
             self.shared.metrics.turn_request(method, false);
-            self.log_refusal(
-                now,
-                tuple,
-                msg,
-                ErrorCode::FORBIDDEN,
-                "relay disabled: no credentials configured",
-            );
-            return self.error(msg, ErrorCode::FORBIDDEN, &[], out);
+            self.log_refusal(now, tuple, msg, r);
+            return self.error(msg, r.code(), &[], out);
         }
         let auth = match self.authenticate(now, tuple, msg, &*credentials) {
             Ok(a) => a,
@@ -161,32 +151,48 @@ impl<R: RelayIo> Engine<R> {
                     Outcome::Empty => Ok(()),
                 })
             }
-            Err((code, why)) => {
-                self.log_refusal(now, tuple, msg, code, why);
+            Err(refusal) => {
+                self.log_refusal(now, tuple, msg, refusal);
                 let typ = MessageType::new(msg.method(), Class::Error);
-                self.respond(msg, typ, out, key, |w| w.error_code(code))
+                self.respond(msg, typ, out, key, |w| w.error_code(refusal.code()))
             }
         };
         len.map_or(Output::None, Output::Reply)
     }
 
-    fn log_refusal(&mut self, now: Instant, tuple: &FiveTuple, msg: &Message<'_>, code: ErrorCode, why: &str) {
+    /// Logs a refusal (rate-limited), naming the setting that would change it, if any.
+    fn log_refusal(&mut self, now: Instant, tuple: &FiveTuple, msg: &Message<'_>, refusal: Refusal) {
         if let Some(suppressed) = self.log_limiter.allow(now) {
             let user = msg
                 .get(AttrType::USERNAME)
                 .and_then(|a| decode_text(a.value, MAX_USERNAME).ok())
                 .unwrap_or("");
-            tracing::info!(
-                event = "request refused",
-                method = ?method_label(msg.method()),
-                code = code.0,
-                reason = why,
-                user,
-                client = %tuple.client,
-                transport = tuple.transport.as_str(),
-                suppressed,
-                "request refused: {why}"
-            );
+            let why = refusal.reason();
+            match refusal.setting() {
+                Some(setting) => tracing::info!(
+                    event = "request refused",
+                    method = ?method_label(msg.method()),
+                    code = refusal.code().0,
+                    reason = why,
+                    setting,
+                    user,
+                    client = %tuple.client,
+                    transport = tuple.transport.as_str(),
+                    suppressed,
+                    "request refused: {why} (setting: {setting})"
+                ),
+                None => tracing::info!(
+                    event = "request refused",
+                    method = ?method_label(msg.method()),
+                    code = refusal.code().0,
+                    reason = why,
+                    user,
+                    client = %tuple.client,
+                    transport = tuple.transport.as_str(),
+                    suppressed,
+                    "request refused: {why}"
+                ),
+            }
         }
     }
 
@@ -329,28 +335,28 @@ impl<R: RelayIo> Engine<R> {
     }
 
     /// The allocation on this 5-tuple, checked against the request's credentials.
-    fn own_allocation(&self, tuple: &FiveTuple, auth: &Auth<'_>) -> Result<AllocationId, (ErrorCode, &'static str)> {
+    fn own_allocation(&self, tuple: &FiveTuple, auth: &Auth<'_>) -> Result<AllocationId, Refusal> {
         let id = self
             .table
             .id_for(tuple)
-            .ok_or((ErrorCode::ALLOCATION_MISMATCH, "no allocation on this 5-tuple"))?;
+            .ok_or(Refusal::NoAllocation)?;
         let a = self
             .table
             .get(id)
-            .ok_or((ErrorCode::ALLOCATION_MISMATCH, "no allocation on this 5-tuple"))?;
+            .ok_or(Refusal::NoAllocation)?;
         if &*a.username != auth.username {
             self.shared.metrics.auth_failure(AuthFailure::wrong_credentials);
-            return Err((ErrorCode::WRONG_CREDENTIALS, "credentials differ from the allocation's"));
+            return Err(Refusal::WrongCredentials);
         }
         Ok(id)
     }
 
     /// RFC 8656 §7.2 and §8.2: the desired lifetime.
-    fn desired_lifetime(&self, msg: &Message<'_>) -> Result<Duration, (ErrorCode, &'static str)> {
+    fn desired_lifetime(&self, msg: &Message<'_>) -> Result<Duration, Refusal> {
         let Some(a) = msg.get(AttrType::LIFETIME) else {
             return Ok(DEFAULT_LIFETIME);
         };
-        let secs = decode_u32(a.value).map_err(|_| (ErrorCode::BAD_REQUEST, "malformed LIFETIME"))?;
+        let secs = decode_u32(a.value).map_err(|_| Refusal::MalformedLifetime)?;
         if secs == 0 {
             return Ok(Duration::ZERO);
         }
@@ -365,7 +371,7 @@ impl<R: RelayIo> Engine<R> {
         tuple: &FiveTuple,
         msg: &Message<'_>,
         auth: &Auth<'_>,
-    ) -> Result<Outcome, (ErrorCode, &'static str)> {
+    ) -> Result<Outcome, Refusal> {
         if let Some(id) = self.table.id_for(tuple) {
             // A retransmitted Allocate gets the same answer again; anything else is 437.
             if let Some(a) = self.table.get(id) {
@@ -379,66 +385,54 @@ impl<R: RelayIo> Engine<R> {
                     });
                 }
             }
-            return Err((ErrorCode::ALLOCATION_MISMATCH, "5-tuple already has an allocation"));
+            return Err(Refusal::AllocationExists);
         }
         if self.config.draining {
-            return Err((
-                ErrorCode::INSUFFICIENT_CAPACITY,
-                "draining: the server is shutting down",
-            ));
+            return Err(Refusal::Draining);
         }
         let transport = msg
             .get(AttrType::REQUESTED_TRANSPORT)
-            .ok_or((ErrorCode::BAD_REQUEST, "missing REQUESTED-TRANSPORT"))?;
+            .ok_or(Refusal::MissingTransport)?;
         if transport.value.len() != 4 {
-            return Err((ErrorCode::BAD_REQUEST, "malformed REQUESTED-TRANSPORT"));
+            return Err(Refusal::MalformedTransport);
         }
         if transport.value[0] != PROTO_UDP {
-            return Err((ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL, "only UDP relays are offered"));
+            return Err(Refusal::UnsupportedTransport);
         }
         let requested_family = msg.get(AttrType::REQUESTED_ADDRESS_FAMILY);
         let additional_family = msg.get(AttrType::ADDITIONAL_ADDRESS_FAMILY);
         let even_port = msg.get(AttrType::EVEN_PORT);
         if msg.get(AttrType::RESERVATION_TOKEN).is_some() {
             if even_port.is_some() || requested_family.is_some() {
-                return Err((
-                    ErrorCode::BAD_REQUEST,
-                    "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY",
-                ));
+                return Err(Refusal::TokenWithOthers);
             }
             // This server never reserves ports, so no token can be valid (RFC 8656 §7.2).
-            return Err((ErrorCode::INSUFFICIENT_CAPACITY, "RESERVATION-TOKEN is not valid here"));
+            return Err(Refusal::UnknownToken);
         }
         let even = match even_port {
             None => false,
-            Some(a) if a.value.is_empty() => return Err((ErrorCode::BAD_REQUEST, "malformed EVEN-PORT")),
+            Some(a) if a.value.is_empty() => return Err(Refusal::MalformedEvenPort),
             // R bit: reserving the next port is not offered, so the request cannot be met.
             Some(a) if a.value[0] & 0x80 != 0 => {
-                return Err((
-                    ErrorCode::INSUFFICIENT_CAPACITY,
-                    "EVEN-PORT with port reservation is not offered",
-                ))
+                return Err(Refusal::EvenPortReservation)
             }
             Some(_) => true,
         };
         // Which families: [IPv4 wanted, IPv6 wanted], and whether IPv6 is only "additional".
         let (families, dual) = match (requested_family, additional_family) {
             (Some(_), Some(_)) => {
-                return Err((ErrorCode::BAD_REQUEST, "both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY"))
+                return Err(Refusal::BothFamilies)
             }
             (Some(a), None) => match a.value.first() {
                 Some(0x01) if a.value.len() == 4 => ([true, false], false),
                 Some(0x02) if a.value.len() == 4 => ([false, true], false),
                 _ => {
-                    return Err((
-                        ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-                        "unknown REQUESTED-ADDRESS-FAMILY",
-                    ))
+                    return Err(Refusal::UnknownFamily)
                 }
             },
             (None, Some(a)) => match a.value.first() {
                 Some(0x02) if a.value.len() == 4 => ([true, true], true),
-                _ => return Err((ErrorCode::BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")),
+                _ => return Err(Refusal::AdditionalNotIpv6),
             },
             (None, None) => ([true, false], false),
         };
@@ -446,13 +440,11 @@ impl<R: RelayIo> Engine<R> {
             Duration::ZERO => DEFAULT_LIFETIME,
             d => d,
         };
-        if !self.shared.quota.acquire(
+        self.shared.quota.acquire(
             auth.username,
             self.config.max_allocations,
             self.config.max_allocations_per_user,
-        ) {
-            return Err((ErrorCode::ALLOCATION_QUOTA_REACHED, "allocation quota reached"));
-        }
+        )?;
 
         let id = self.table.reserve();
         let mut relays: [Option<Relay<R::Socket>>; 2] = [None, None];
@@ -502,8 +494,8 @@ impl<R: RelayIo> Engine<R> {
             user = auth.username,
             client = %tuple.client,
             transport = tuple.transport.as_str(),
-            relay_v4 = ?relayed[0],
-            relay_v6 = ?relayed[1],
+            relay_v4 = relayed[0].map(tracing::field::display),
+            relay_v6 = relayed[1].map(tracing::field::display),
             lifetime_s = lifetime.as_secs(),
             "allocation created"
         );
@@ -521,11 +513,8 @@ impl<R: RelayIo> Engine<R> {
         i: usize,
         even: bool,
         token: RelayToken,
-    ) -> Result<Relay<R::Socket>, (ErrorCode, &'static str)> {
-        let unsupported = (
-            ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-            "no relay address of that family",
-        );
+    ) -> Result<Relay<R::Socket>, Refusal> {
+        let unsupported = Refusal::NoRelayFamily;
         let bind_ip = *self
             .config
             .relay_addresses
@@ -566,11 +555,11 @@ impl<R: RelayIo> Engine<R> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, %addr, "cannot open relay socket");
-                    return Err((ErrorCode::INSUFFICIENT_CAPACITY, "cannot open a relay socket"));
+                    return Err(Refusal::RelaySocket);
                 }
             }
         }
-        Err((ErrorCode::INSUFFICIENT_CAPACITY, "relay port range exhausted"))
+        Err(Refusal::PortsExhausted)
     }
 
     fn refresh(
@@ -579,7 +568,7 @@ impl<R: RelayIo> Engine<R> {
         tuple: &FiveTuple,
         msg: &Message<'_>,
         auth: &Auth<'_>,
-    ) -> Result<Outcome, (ErrorCode, &'static str)> {
+    ) -> Result<Outcome, Refusal> {
         let id = self.own_allocation(tuple, auth)?;
         let lifetime = self.desired_lifetime(msg)?;
         if let Some(f) = msg.get(AttrType::REQUESTED_ADDRESS_FAMILY) {
@@ -587,21 +576,15 @@ impl<R: RelayIo> Engine<R> {
                 Some(0x01) => 0,
                 Some(0x02) => 1,
                 _ => {
-                    return Err((
-                        ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-                        "unknown REQUESTED-ADDRESS-FAMILY",
-                    ))
+                    return Err(Refusal::UnknownFamily)
                 }
             };
             let a = self
                 .table
                 .get_mut(id)
-                .ok_or((ErrorCode::ALLOCATION_MISMATCH, "no allocation"))?;
+                .ok_or(Refusal::NoAllocation)?;
             if a.relays[i].is_none() {
-                return Err((
-                    ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
-                    "allocation has no relay of that family",
-                ));
+                return Err(Refusal::RefreshFamily);
             }
             // Refresh 0 with a family on a dual allocation drops just that family.
             if lifetime.is_zero() && a.relays[1 - i].is_some() {
@@ -631,20 +614,17 @@ impl<R: RelayIo> Engine<R> {
 
     /// Checks a peer address for CreatePermission and ChannelBind: family (443) and policy
     /// (403).
-    fn check_peer(&self, id: AllocationId, peer: SocketAddr) -> Result<SocketAddr, (ErrorCode, &'static str)> {
+    fn check_peer(&self, id: AllocationId, peer: SocketAddr) -> Result<SocketAddr, Refusal> {
         let a = self
             .table
             .get(id)
-            .ok_or((ErrorCode::ALLOCATION_MISMATCH, "no allocation"))?;
+            .ok_or(Refusal::NoAllocation)?;
         let ip = policy::canonical(peer.ip());
         if a.relays[family_index(ip)].is_none() {
-            return Err((
-                ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
-                "peer family differs from the relay's",
-            ));
+            return Err(Refusal::PeerFamily);
         }
         if !self.config.peers.permits(ip) {
-            return Err((ErrorCode::FORBIDDEN, "peer address is denied by policy"));
+            return Err(Refusal::PeerDenied);
         }
         Ok(SocketAddr::new(ip, peer.port()))
     }
@@ -654,21 +634,18 @@ impl<R: RelayIo> Engine<R> {
         &self,
         id: AllocationId,
         peers: &[Option<SocketAddr>],
-    ) -> Result<(), (ErrorCode, &'static str)> {
+    ) -> Result<(), Refusal> {
         let a = self
             .table
             .get(id)
-            .ok_or((ErrorCode::ALLOCATION_MISMATCH, "no allocation"))?;
+            .ok_or(Refusal::NoAllocation)?;
         let new = peers
             .iter()
             .flatten()
             .filter(|p| !a.permissions.contains_key(&p.ip()))
             .count();
         if a.permissions.len() + new > super::allocation::MAX_PERMISSIONS {
-            return Err((
-                ErrorCode::INSUFFICIENT_CAPACITY,
-                "too many permissions on this allocation",
-            ));
+            return Err(Refusal::TooManyPermissions);
         }
         Ok(())
     }
@@ -687,23 +664,23 @@ impl<R: RelayIo> Engine<R> {
         tuple: &FiveTuple,
         msg: &Message<'_>,
         auth: &Auth<'_>,
-    ) -> Result<Outcome, (ErrorCode, &'static str)> {
+    ) -> Result<Outcome, Refusal> {
         let id = self.own_allocation(tuple, auth)?;
         let tid = msg.transaction_id();
         let mut peers = [None::<SocketAddr>; 16];
         let mut n = 0;
         for a in msg.attributes().filter(|a| a.typ == AttrType::XOR_PEER_ADDRESS) {
             let peer = decode_xor_address(a.value, &tid)
-                .map_err(|_| (ErrorCode::BAD_REQUEST, "malformed XOR-PEER-ADDRESS"))?;
+                .map_err(|_| Refusal::MalformedPeer)?;
             let slot = peers
                 .get_mut(n)
-                .ok_or((ErrorCode::BAD_REQUEST, "too many XOR-PEER-ADDRESS attributes"))?;
+                .ok_or(Refusal::TooManyPeers)?;
             // All or nothing: check every peer before installing any (RFC 8656 §10.2).
             *slot = Some(self.check_peer(id, peer)?);
             n += 1;
         }
         if n == 0 {
-            return Err((ErrorCode::BAD_REQUEST, "missing XOR-PEER-ADDRESS"));
+            return Err(Refusal::MissingPeer);
         }
         self.room_for_permissions(id, &peers[..n])?;
         for peer in peers.into_iter().flatten() {
@@ -719,36 +696,36 @@ impl<R: RelayIo> Engine<R> {
         tuple: &FiveTuple,
         msg: &Message<'_>,
         auth: &Auth<'_>,
-    ) -> Result<Outcome, (ErrorCode, &'static str)> {
+    ) -> Result<Outcome, Refusal> {
         let id = self.own_allocation(tuple, auth)?;
         let number = msg
             .get(AttrType::CHANNEL_NUMBER)
             .filter(|a| a.value.len() == 4)
             .map(|a| u16::from_be_bytes([a.value[0], a.value[1]]))
-            .ok_or((ErrorCode::BAD_REQUEST, "missing or malformed CHANNEL-NUMBER"))?;
+            .ok_or(Refusal::MalformedChannel)?;
         if !(crate::proto::ChannelNumber::MIN..=self.config.max_channel).contains(&number) {
-            return Err((ErrorCode::BAD_REQUEST, "channel number out of range"));
+            return Err(Refusal::ChannelRange);
         }
         let peer = msg
             .get(AttrType::XOR_PEER_ADDRESS)
             .and_then(|a| decode_xor_address(a.value, &msg.transaction_id()).ok())
-            .ok_or((ErrorCode::BAD_REQUEST, "missing or malformed XOR-PEER-ADDRESS"))?;
+            .ok_or(Refusal::MalformedPeer)?;
         let peer = self.check_peer(id, peer)?;
         self.room_for_permissions(id, &[Some(peer)])?;
         let a = self
             .table
             .get_mut(id)
-            .ok_or((ErrorCode::ALLOCATION_MISMATCH, "no allocation"))?;
+            .ok_or(Refusal::NoAllocation)?;
         // RFC 8656 §11.2: a number stays with its peer, and a peer with its number, including
         // during the cool-down after expiry.
         if let Some(c) = a.channels.get(&number) {
             if c.peer != peer {
-                return Err((ErrorCode::BAD_REQUEST, "channel number is bound to another peer"));
+                return Err(Refusal::ChannelTaken);
             }
         }
         if let Some(&n) = a.channel_by_peer.get(&peer) {
             if n != number {
-                return Err((ErrorCode::BAD_REQUEST, "peer is bound to another channel"));
+                return Err(Refusal::PeerOnOtherChannel);
             }
         }
         let newly_active = !a.channels.get(&number).is_some_and(|c| c.counted);

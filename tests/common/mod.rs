@@ -127,8 +127,8 @@ impl Drop for Turnd {
     }
 }
 
-/// Gives a test config its own users file and admin socket in `dir`, unless it names them,
-/// so that tests never touch the machine's real ones.
+/// Gives a test config its own users file, admin socket and metrics port, unless it names
+/// them, so that tests never touch the machine's real ones.
 pub fn isolate(config: &str, dir: &std::path::Path) -> String {
     let mut c = config.to_string();
     if !c.contains("users_file") {
@@ -138,6 +138,10 @@ pub fn isolate(config: &str, dir: &std::path::Path) -> String {
         } else {
             c.push_str(&format!("\n[auth]\n{line}"));
         }
+    }
+    if !c.contains("[metrics]") {
+        // Never the default 127.0.0.1:9641, which another server on the machine may hold.
+        c.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
     }
     if !c.contains("[admin]") {
         c.push_str(&format!(
@@ -330,4 +334,45 @@ impl Drop for InProcess {
             s.stop();
         }
     }
+}
+
+/// Runs `turnd ARGS` in a network namespace of its own (`unshare --net`, loopback up), where
+/// fixed ports such as 3478 and 9641 are surely free whatever else the machine runs. Needs
+/// root, as CI has; the namespace goes away with the process.
+pub fn spawn_in_own_netns(args: &[&str], env: &[(&str, &str)]) -> Child {
+    let child = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\"", BIN])
+        .args(args)
+        .env_remove("TURND_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) and ip (iproute2) must be installed: bash .ci/deps");
+    // Wait until the process has its own namespace, so that `in_netns_of` enters that one.
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::read_link(format!("/proc/{}/ns/net", child.id())) {
+            Ok(ns) if ns != own => break,
+            _ if std::time::Instant::now() > deadline => panic!("unshare --net did not take effect (not root?)"),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    child
+}
+
+/// Runs `f` on a thread that has entered the network namespace of process `pid`: sockets
+/// it opens live there.
+pub fn in_netns_of<T: Send>(pid: u32, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("the process's namespace");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns (needs root)");
+            f()
+        })
+        .join()
+        .expect("the thread in the namespace panicked")
+    })
 }
