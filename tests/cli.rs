@@ -43,6 +43,16 @@ fn version_and_help_on_every_subcommand() {
         assert!(stdout(&o).contains("Usage:"), "{args:?}: {}", stdout(&o));
         assert!(stdout(&o).contains("--config"), "{args:?} documents --config");
     }
+    // Every positional argument says what it is.
+    for (args, needle) in [
+        (&["user", "add", "--help"][..], "The user name clients send"),
+        (&["user", "remove", "--help"], "The user to remove"),
+        (&["user", "passwd", "--help"], "The user whose password changes"),
+        (&["disconnect", "--help"], "The user whose allocations end"),
+    ] {
+        let o = turnd(args);
+        assert!(stdout(&o).contains(needle), "{args:?}: {}", stdout(&o));
+    }
 }
 
 #[test]

@@ -291,3 +291,41 @@ fn coturn_uclient_tcp_send_indications() {
 fn coturn_uclient_rest_credentials() {
     coturn_run(&[], true);
 }
+
+/// What coturn's tutorial command meets without the settings it needs: each refusal's log
+/// line says what to change.
+#[test]
+fn coturn_uclient_refusals_name_what_to_change() {
+    let t = Turnd::start(&turn_config("threads = 1"));
+    let peer = Peer::start();
+    let port = t.udp[0].port().to_string();
+    let peer_port = peer.1.to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["-e", "127.0.0.1", "-r", &peer_port, "-p", &port, "-n", "2", "-m", "1"];
+        args.extend_from_slice(extra);
+        args.extend(["-u", "alice", "-w", "wonderland", "127.0.0.1"]);
+        let _ = Command::new("timeout")
+            .arg("20")
+            .arg("turnutils_uclient")
+            .args(&args)
+            .output()
+            .expect("turnutils_uclient missing: install Debian's coturn package (bash .ci/deps)");
+    };
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(line) = t.log.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("no log line with {needle:?}");
+    };
+    // coturn's clients before 4.16 pick channel numbers above RFC 8656's 0x4FFF.
+    run(&["-c"]);
+    let line = wait_for("channel number out of range");
+    assert!(line.contains("(setting: relay.legacy_channel_numbers)"), "{line}");
+    // Without -c it asks for an RTCP port pair.
+    run(&[]);
+    let line = wait_for("EVEN-PORT with port reservation");
+    assert!(line.contains("add -c"), "{line}");
+}

@@ -73,8 +73,9 @@ pub enum Command {
 pub enum UserCommand {
     /// Add a user; with no --password-stdin, generate a strong password and print it once.
     Add {
+        /// The user name clients send (1 to 256 bytes, no ':' and no control characters).
         name: String,
-        /// Realm of the user (default: the configured realm).
+        /// Realm of the user: only the configured realm is accepted, since the server has one.
         #[arg(long)]
         realm: Option<String>,
         /// Read the password from the first line of standard input.
@@ -83,6 +84,7 @@ pub enum UserCommand {
     },
     /// Remove a user.
     Remove {
+        /// The user to remove.
         name: String,
         #[arg(long)]
         realm: Option<String>,
@@ -94,6 +96,7 @@ pub enum UserCommand {
     },
     /// Change a user's password; with no --password-stdin, generate one and print it once.
     Passwd {
+        /// The user whose password changes.
         name: String,
         #[arg(long)]
         realm: Option<String>,
