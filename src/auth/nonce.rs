@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::server::{FiveTuple, Transport};
+use crate::types::{FiveTuple, Transport};
 
 const PREFIX: &[u8] = b"obMatJos2gAAA";
 const MAC_LEN: usize = 8;

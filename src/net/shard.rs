@@ -81,6 +81,9 @@ impl AsRawFd for RelayPoll {
     }
 }
 
+// The epoll set is created once and closed only when the RelayPoll drops.
+impl super::socket::StableFd for RelayPoll {}
+
 /// Relay sockets by slot, with the token the engine knows each by; freed slots are reused.
 #[derive(Default)]
 struct RelaySlots {

@@ -60,18 +60,28 @@ pub fn probe_free(addr: SocketAddr, stream: bool) -> io::Result<()> {
     s.bind(&addr.into())
 }
 
+/// A value that owns one open descriptor for its whole life, and whose `as_raw_fd` always
+/// names that descriptor: what tokio's reactor registration requires. Crate-private, so only
+/// the types below can be registered: `std::net::UdpSocket` (owns an `OwnedFd` it never
+/// swaps) and the shard's relay epoll set (owns nix's `Epoll`, likewise).
+pub(crate) trait StableFd: std::os::fd::AsRawFd {}
+
+impl StableFd for std::net::UdpSocket {}
+
 /// Registers a descriptor the value owns (a socket, the relay epoll set) with the shard's
 /// reactor for readability only. tokio's own `UdpSocket` also asks for writability, and then
 /// every datagram the kernel frees after a send (on loopback: at once) wakes the reactor's
 /// epoll for room nobody waits for: UDP sends here never wait, they drop and count when the
 /// buffer is full.
-// `with_interest` is deprecated because an arbitrary `T` could hand out a different fd later;
-// the types used here own their fd for their whole life, which is what the unsafe
-// replacement (`register_with_interest`) asks callers to promise, and this crate forbids
-// unsafe code.
-#[allow(deprecated)]
-pub fn readable<T: std::os::fd::AsRawFd>(owner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
-    tokio::io::unix::AsyncFd::with_interest(owner, tokio::io::Interest::READABLE)
+///
+/// This is the crate's one `unsafe` block (the crate denies unsafe code everywhere else).
+#[allow(unsafe_code)]
+pub(crate) fn readable<T: StableFd>(owner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: tokio asks that the descriptor stay open and be the same one for the life of the
+    // AsyncFd. `T: StableFd` owns its descriptor (it closes only when `T` drops, which happens
+    // after the AsyncFd deregisters it) and returns the same one from every `as_raw_fd` call.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(owner, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 /// True for the errors a host without IPv6 gives when asked for an IPv6 socket.

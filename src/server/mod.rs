@@ -15,55 +15,25 @@ pub mod memory;
 pub mod policy;
 pub mod relay;
 pub mod testclient;
+mod limits;
 mod refusal;
 mod turn;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 pub use policy::PeerPolicy;
+pub use limits::Quota;
+use limits::{Bucket, LogLimiter, SourceLimiter};
 pub use refusal::Refusal;
+pub use crate::types::{FiveTuple, Transport};
 pub use relay::{AllocationId, PortRange, RelayIo, RelayToken};
 
 use crate::auth::{CredentialSource, Credentials, NonceKey};
 use crate::metrics::{DropReason, Metrics};
 use crate::proto::{AttrType, ChannelData, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
-
-/// The client-side transport a packet arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    /// TCP with TLS: stream framing, like TCP.
-    Tls,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        }
-    }
-
-    /// TCP and TLS carry a byte stream: ChannelData is padded and a close ends the allocation.
-    pub fn is_stream(self) -> bool {
-        self != Transport::Udp
-    }
-}
-
-/// The 5-tuple a client packet arrived on: transport, client address, server address. The
-/// server address is the concrete address the packet was sent to, even on a wildcard
-/// listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FiveTuple {
-    pub transport: Transport,
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-}
 
 /// The default allocation lifetime (RFC 8656 §2.2).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
@@ -126,136 +96,6 @@ impl Default for EngineConfig {
             bandwidth_per_allocation: 0,
             bandwidth_total: 0,
         }
-    }
-}
-
-/// A token bucket of bytes: `rate` per second, holding up to one second's worth.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Bucket {
-    tokens: f64,
-    last: Option<Instant>,
-}
-
-impl Bucket {
-    pub(crate) const fn new() -> Self {
-        Bucket {
-            tokens: f64::MAX,
-            last: None,
-        }
-    }
-
-    /// Takes `n` tokens if there are enough; `rate` 0 means unlimited.
-    pub(crate) fn take(&mut self, now: Instant, rate: u64, n: usize) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let cap = rate as f64;
-        let refill = self
-            .last
-            .map_or(cap, |l| now.saturating_duration_since(l).as_secs_f64() * cap);
-        self.tokens = (self.tokens.min(cap) + refill).min(cap);
-        self.last = Some(now);
-        if self.tokens >= n as f64 {
-            self.tokens -= n as f64;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Limits unauthenticated responses per source IP with two rows of hashed token buckets
-/// (a count-min sketch): fixed memory, whatever the number of sources, so a spoofed flood
-/// creates no state; an address is limited only when both of its buckets are empty.
-struct SourceLimiter {
-    rows: Box<[[(f32, u32); 2]]>,
-    hashers: [std::collections::hash_map::RandomState; 2],
-    start: Instant,
-}
-
-impl SourceLimiter {
-    const BUCKETS: usize = 4096;
-
-    fn new(start: Instant) -> Self {
-        SourceLimiter {
-            rows: vec![[(0.0, 0); 2]; Self::BUCKETS].into_boxed_slice(),
-            hashers: [Default::default(), Default::default()],
-            start,
-        }
-    }
-
-    fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32) -> bool {
-        use std::hash::BuildHasher;
-        if rate == 0 {
-            return true;
-        }
-        let ms = u32::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u32::MAX);
-        let rate = rate as f32;
-        let idx = [0, 1].map(|r| (self.hashers[r].hash_one(ip) as usize) % Self::BUCKETS);
-        let mut level = [0f32; 2];
-        for r in 0..2 {
-            let (tokens, last) = self.rows[idx[r]][r];
-            // A bucket never touched starts full.
-            let refill = if last == 0 {
-                rate
-            } else {
-                ms.saturating_sub(last) as f32 * rate / 1000.0
-            };
-            level[r] = (tokens + refill).min(rate);
-        }
-        let ok = level[0] >= 1.0 || level[1] >= 1.0;
-        for r in 0..2 {
-            let take = if ok { 1.0 } else { 0.0 };
-            self.rows[idx[r]][r] = ((level[r] - take).max(0.0), ms.max(1));
-        }
-        ok
-    }
-}
-
-/// Allocation counts shared by every shard, so that quotas hold process-wide.
-#[derive(Debug, Default)]
-pub struct Quota {
-    // Taken only on Allocate and on allocation end, never on the packet path or across an
-    // await.
-    inner: Mutex<QuotaInner>,
-}
-
-#[derive(Debug, Default)]
-struct QuotaInner {
-    total: u32,
-    per_user: std::collections::HashMap<Box<str>, u32>,
-}
-
-impl Quota {
-    /// Counts one more allocation for `user`, unless a limit is reached.
-    fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> Result<(), Refusal> {
-        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let used = q.per_user.get(user).copied().unwrap_or(0);
-        if q.total >= max_total {
-            return Err(Refusal::ServerQuota);
-        }
-        if used >= max_user {
-            return Err(Refusal::UserQuota);
-        }
-        q.total += 1;
-        *q.per_user.entry(user.into()).or_insert(0) += 1;
-        Ok(())
-    }
-
-    fn release(&self, user: &str) {
-        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        q.total = q.total.saturating_sub(1);
-        if let Some(n) = q.per_user.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                q.per_user.remove(user);
-            }
-        }
-    }
-
-    /// Allocations held process-wide.
-    pub fn total(&self) -> u32 {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 }
 
@@ -360,43 +200,6 @@ impl WallClock {
 
     pub fn unix_secs(&self, now: Instant) -> u64 {
         (self.unix + now.saturating_duration_since(self.at)).as_secs()
-    }
-}
-
-/// Allows a burst of log lines, then a steady trickle, so a flood cannot fill a disk.
-#[derive(Debug)]
-struct LogLimiter {
-    tokens: f64,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    const BURST: f64 = 20.0;
-    const PER_SEC: f64 = 5.0;
-
-    fn new() -> Self {
-        LogLimiter {
-            tokens: Self::BURST,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Returns `Some(suppressed_since_last)` when a line may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if let Some(last) = self.last {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + dt * Self::PER_SEC).min(Self::BURST);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Some(std::mem::take(&mut self.suppressed))
-        } else {
-            self.suppressed += 1;
-            None
-        }
     }
 }
 
