@@ -191,7 +191,10 @@ fn metrics_default_to_loopback_in_every_config_and_off_turns_them_off() {
     };
     assert_eq!(listen(&effective("realm = \"x\"\n")), "listen = \"127.0.0.1:9641\"");
     assert_eq!(listen(&effective("[metrics]\nlisten = \"off\"\n")), "listen = \"off\"");
-    assert_eq!(listen(&effective("[metrics]\nlisten = \"[::1]:9000\"\n")), "listen = \"[::1]:9000\"");
+    assert_eq!(
+        listen(&effective("[metrics]\nlisten = \"[::1]:9000\"\n")),
+        "listen = \"[::1]:9000\""
+    );
 }
 
 #[test]

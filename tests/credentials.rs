@@ -167,7 +167,10 @@ fn user_add_generates_a_password_once_and_the_file_holds_only_keys() {
     assert_eq!(std::fs::metadata(&users).unwrap().permissions().mode() & 0o777, 0o600);
     // The password was printed once: listing shows names and realms only.
     let o = turnd(&cfg, &["user", "list"], None);
-    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("carol\t{REALM}\tusers file\n"));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("carol\t{REALM}\tusers file\n")
+    );
     // Adding again is an error.
     let o = turnd(&cfg, &["user", "add", "carol", "--password-stdin"], Some("x\n"));
     assert_eq!(o.status.code(), Some(1));
@@ -202,7 +205,11 @@ fn a_user_of_another_realm_is_refused_and_inline_users_are_listed() {
     }
     assert!(!users.exists(), "nothing was written");
     // The configured realm, spelled out, is fine.
-    let o = turnd(&cfg, &["user", "add", "bob", "--realm", REALM, "--password-stdin"], Some("pw\n"));
+    let o = turnd(
+        &cfg,
+        &["user", "add", "bob", "--realm", REALM, "--password-stdin"],
+        Some("pw\n"),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     // An inline user cannot be shadowed from the users file.
     let o = turnd(&cfg, &["user", "add", "alice", "--password-stdin"], Some("pw\n"));

@@ -182,6 +182,13 @@ fn coturn_uclient_relays_over_tls_with_no_loss() {
     let _ = peer.wait();
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("tot_send_msgs=120, tot_recv_msgs=120"), "{text}");
+    // coturn 4.6.1's client picks one of four TLS contexts at random for each connection:
+    // any version (ctx 0), TLS 1.0 only (1), TLS 1.1 only (2), TLS 1.2 only (3). rustls
+    // speaks TLS 1.2 and 1.3, so ctx 1 and 2 end in "sslv3 alert handshake failure" and the
+    // client tries again. That is the only kind of failed handshake allowed here.
+    for line in text.lines().filter(|l| l.contains("cannot connect")) {
+        assert!(line.contains("ctx=1") || line.contains("ctx=2"), "a handshake failed: {line}\n{text}");
+    }
     assert!(text.contains("Total lost packets 0 (0.000000%)"), "{text}");
 }
 
@@ -322,7 +329,11 @@ fn a_bad_certificate_is_a_clear_start_error() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.matches("does not belong to the certificate").count(), 1, "said once: {err}");
+    assert_eq!(
+        err.matches("does not belong to the certificate").count(),
+        1,
+        "said once: {err}"
+    );
     // check-config loads them exactly as serve does: the same message, exit 1.
     let check = |what: &str| {
         let o = Command::new(common::BIN)
@@ -337,7 +348,10 @@ fn a_bad_certificate_is_a_clear_start_error() {
     let key_path = dir.path().join("key.pem").display().to_string();
     let msg = err[err.find(&key_path).unwrap()..].lines().next().unwrap();
     let checked = check("a foreign key");
-    assert!(checked.contains(msg), "check-config said {checked:?}, serve said {msg:?}");
+    assert!(
+        checked.contains(msg),
+        "check-config said {checked:?}, serve said {msg:?}"
+    );
     std::fs::remove_file(dir.path().join("key.pem")).unwrap();
     assert!(check("no key file").contains("key.pem: cannot read a PEM private key"));
     std::fs::remove_file(dir.path().join("cert.pem")).unwrap();
@@ -472,7 +486,10 @@ fn a_second_sigterm_exits_at_once_and_grace_is_bounded() {
     // The log names what happened: the relay address as an address (no `Some(..)`, no empty
     // family), and an end by shutdown, which is not an admin's disconnect.
     let log: Vec<String> = std::iter::from_fn(|| t.log.recv_timeout(Duration::from_secs(2)).ok()).collect();
-    let created = log.iter().find(|l| l.contains("allocation created")).expect("created line");
+    let created = log
+        .iter()
+        .find(|l| l.contains("allocation created"))
+        .expect("created line");
     assert!(
         created.contains("relay_v4=127.0.0.1:") && !created.contains("Some(") && !created.contains("relay_v6"),
         "{created}"

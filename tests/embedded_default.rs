@@ -25,7 +25,8 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     for _ in 0..100 {
         if let Ok(mut s) = TcpStream::connect(addr) {
             s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
             let mut out = String::new();
             let _ = s.read_to_string(&mut out);
             return out;
@@ -38,7 +39,10 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 #[test]
 fn serve_with_no_config_answers_on_3478_and_serves_metrics() {
     if std::path::Path::new(turnd::config::SYSTEM_PATH).exists() {
-        panic!("{} exists on this machine, so `turnd serve` would not run on the embedded default", turnd::config::SYSTEM_PATH);
+        panic!(
+            "{} exists on this machine, so `turnd serve` would not run on the embedded default",
+            turnd::config::SYSTEM_PATH
+        );
     }
     let server = Kill(spawn_in_own_netns(&["serve"], &[]));
     let answered = in_netns_of(server.0.id(), || {
@@ -67,7 +71,10 @@ fn serve_with_no_config_answers_on_3478_and_serves_metrics() {
             answered.push(server);
         }
         let metrics = http_get("127.0.0.1:9641".parse().unwrap(), "/metrics");
-        assert!(metrics.starts_with("HTTP/1.1 200") && metrics.contains("turnd_stun_binding_requests_total"), "{metrics}");
+        assert!(
+            metrics.starts_with("HTTP/1.1 200") && metrics.contains("turnd_stun_binding_requests_total"),
+            "{metrics}"
+        );
         answered
     });
     assert_eq!(answered.len(), 2);
@@ -81,9 +88,19 @@ fn a_config_file_without_metrics_serves_them_on_loopback_and_off_turns_them_off(
         "realm = \"turn.example.org\"\n[auth]\nusers_file = \"{}\"\nsecrets = [\"a long random string\"]\n[[auth.users]]\nname = \"alice\"\npassword = \"secret\"\n",
         dir.path().join("users.toml").display()
     );
-    for (name, extra, served) in [("on.toml", "", true), ("off.toml", "[metrics]\nlisten = \"off\"\n", false)] {
+    for (name, extra, served) in [
+        ("on.toml", "", true),
+        ("off.toml", "[metrics]\nlisten = \"off\"\n", false),
+    ] {
         let path = dir.path().join(name);
-        std::fs::write(&path, format!("{readme}{extra}\n[admin]\nsocket = \"{}\"\n", dir.path().join(format!("{name}.sock")).display())).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{readme}{extra}\n[admin]\nsocket = \"{}\"\n",
+                dir.path().join(format!("{name}.sock")).display()
+            ),
+        )
+        .unwrap();
         let server = Kill(spawn_in_own_netns(&["serve", "--config", path.to_str().unwrap()], &[]));
         in_netns_of(server.0.id(), || {
             // STUN answers first, so the server is up before metrics are asked for.

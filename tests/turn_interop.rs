@@ -313,7 +313,10 @@ fn coturn_uclient_refusals_name_what_to_change() {
     };
     let wait_for = |needle: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(line) = t.log.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        while let Ok(line) = t
+            .log
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
             if line.contains(needle) {
                 return line;
             }

@@ -212,8 +212,7 @@ pub struct Config {
 
 const DEFAULT_REALM: &str = "turnd";
 /// Metrics are served on loopback unless the config says otherwise.
-const DEFAULT_METRICS_LISTEN: SocketAddr =
-    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9641);
+const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9641);
 /// `metrics.listen = "off"` serves no HTTP endpoint.
 pub const METRICS_OFF: &str = "off";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -510,7 +509,11 @@ impl Config {
         };
         let server_name = match raw.server_name {
             None => None,
-            Some(n) => Some(check_dns_name(n.get_ref()).map_err(|e| cx.err(n.span(), e))?.to_string()),
+            Some(n) => Some(
+                check_dns_name(n.get_ref())
+                    .map_err(|e| cx.err(n.span(), e))?
+                    .to_string(),
+            ),
         };
 
         let admin_socket = match raw.admin.unwrap_or_default().socket {

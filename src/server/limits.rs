@@ -175,7 +175,6 @@ impl LogLimiter {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,9 +186,15 @@ mod tests {
         let mut b = Bucket::new();
         assert!(b.take(t0, 1000, 1000), "starts full");
         assert!(!b.take(t0, 1000, 1), "then empty");
-        assert!(!b.take(t0 + Duration::from_millis(400), 1000, 500), "400 ms gives 400 bytes");
+        assert!(
+            !b.take(t0 + Duration::from_millis(400), 1000, 500),
+            "400 ms gives 400 bytes"
+        );
         assert!(b.take(t0 + Duration::from_millis(500), 1000, 500));
-        assert!(b.take(t0 + Duration::from_secs(60), 1000, 1000), "never more than a second's worth");
+        assert!(
+            b.take(t0 + Duration::from_secs(60), 1000, 1000),
+            "never more than a second's worth"
+        );
         assert!(!b.take(t0 + Duration::from_secs(60), 1000, 1));
         assert!(b.take(t0, 0, usize::MAX), "rate 0 is no limit");
     }

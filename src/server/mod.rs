@@ -11,24 +11,24 @@
 //! - timers: sleep until [`Engine::poll_timeout`], then call [`Engine::handle_timeout`].
 
 mod allocation;
+mod limits;
 pub mod memory;
 pub mod policy;
+mod refusal;
 pub mod relay;
 pub mod testclient;
-mod limits;
-mod refusal;
 mod turn;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use crate::types::{FiveTuple, Transport};
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
-pub use policy::PeerPolicy;
 pub use limits::Quota;
 use limits::{Bucket, LogLimiter, SourceLimiter};
+pub use policy::PeerPolicy;
 pub use refusal::Refusal;
-pub use crate::types::{FiveTuple, Transport};
 pub use relay::{AllocationId, PortRange, RelayIo, RelayToken};
 
 use crate::auth::{CredentialSource, Credentials, NonceKey};

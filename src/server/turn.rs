@@ -4,8 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::allocation::{family_index, Allocation, Channel, Relay, Traffic, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
-use super::relay::{AllocationId, RelayToken};
 use super::refusal::Refusal;
+use super::relay::{AllocationId, RelayToken};
 use super::{policy, EndReason, Engine, FiveTuple, Output, RelayIo, DEFAULT_LIFETIME};
 use crate::auth::{Verdict, NONCE_LEN};
 use crate::metrics::{AuthFailure, DropReason, TurnMethod};
@@ -336,14 +336,8 @@ impl<R: RelayIo> Engine<R> {
 
     /// The allocation on this 5-tuple, checked against the request's credentials.
     fn own_allocation(&self, tuple: &FiveTuple, auth: &Auth<'_>) -> Result<AllocationId, Refusal> {
-        let id = self
-            .table
-            .id_for(tuple)
-            .ok_or(Refusal::NoAllocation)?;
-        let a = self
-            .table
-            .get(id)
-            .ok_or(Refusal::NoAllocation)?;
+        let id = self.table.id_for(tuple).ok_or(Refusal::NoAllocation)?;
+        let a = self.table.get(id).ok_or(Refusal::NoAllocation)?;
         if &*a.username != auth.username {
             self.shared.metrics.auth_failure(AuthFailure::wrong_credentials);
             return Err(Refusal::WrongCredentials);
@@ -413,22 +407,16 @@ impl<R: RelayIo> Engine<R> {
             None => false,
             Some(a) if a.value.is_empty() => return Err(Refusal::MalformedEvenPort),
             // R bit: reserving the next port is not offered, so the request cannot be met.
-            Some(a) if a.value[0] & 0x80 != 0 => {
-                return Err(Refusal::EvenPortReservation)
-            }
+            Some(a) if a.value[0] & 0x80 != 0 => return Err(Refusal::EvenPortReservation),
             Some(_) => true,
         };
         // Which families: [IPv4 wanted, IPv6 wanted], and whether IPv6 is only "additional".
         let (families, dual) = match (requested_family, additional_family) {
-            (Some(_), Some(_)) => {
-                return Err(Refusal::BothFamilies)
-            }
+            (Some(_), Some(_)) => return Err(Refusal::BothFamilies),
             (Some(a), None) => match a.value.first() {
                 Some(0x01) if a.value.len() == 4 => ([true, false], false),
                 Some(0x02) if a.value.len() == 4 => ([false, true], false),
-                _ => {
-                    return Err(Refusal::UnknownFamily)
-                }
+                _ => return Err(Refusal::UnknownFamily),
             },
             (None, Some(a)) => match a.value.first() {
                 Some(0x02) if a.value.len() == 4 => ([true, true], true),
@@ -575,14 +563,9 @@ impl<R: RelayIo> Engine<R> {
             let i = match f.value.first() {
                 Some(0x01) => 0,
                 Some(0x02) => 1,
-                _ => {
-                    return Err(Refusal::UnknownFamily)
-                }
+                _ => return Err(Refusal::UnknownFamily),
             };
-            let a = self
-                .table
-                .get_mut(id)
-                .ok_or(Refusal::NoAllocation)?;
+            let a = self.table.get_mut(id).ok_or(Refusal::NoAllocation)?;
             if a.relays[i].is_none() {
                 return Err(Refusal::RefreshFamily);
             }
@@ -615,10 +598,7 @@ impl<R: RelayIo> Engine<R> {
     /// Checks a peer address for CreatePermission and ChannelBind: family (443) and policy
     /// (403).
     fn check_peer(&self, id: AllocationId, peer: SocketAddr) -> Result<SocketAddr, Refusal> {
-        let a = self
-            .table
-            .get(id)
-            .ok_or(Refusal::NoAllocation)?;
+        let a = self.table.get(id).ok_or(Refusal::NoAllocation)?;
         let ip = policy::canonical(peer.ip());
         if a.relays[family_index(ip)].is_none() {
             return Err(Refusal::PeerFamily);
@@ -630,15 +610,8 @@ impl<R: RelayIo> Engine<R> {
     }
 
     /// 508 when installing permissions for `peers` would pass [`MAX_PERMISSIONS`].
-    fn room_for_permissions(
-        &self,
-        id: AllocationId,
-        peers: &[Option<SocketAddr>],
-    ) -> Result<(), Refusal> {
-        let a = self
-            .table
-            .get(id)
-            .ok_or(Refusal::NoAllocation)?;
+    fn room_for_permissions(&self, id: AllocationId, peers: &[Option<SocketAddr>]) -> Result<(), Refusal> {
+        let a = self.table.get(id).ok_or(Refusal::NoAllocation)?;
         let new = peers
             .iter()
             .flatten()
@@ -670,11 +643,8 @@ impl<R: RelayIo> Engine<R> {
         let mut peers = [None::<SocketAddr>; 16];
         let mut n = 0;
         for a in msg.attributes().filter(|a| a.typ == AttrType::XOR_PEER_ADDRESS) {
-            let peer = decode_xor_address(a.value, &tid)
-                .map_err(|_| Refusal::MalformedPeer)?;
-            let slot = peers
-                .get_mut(n)
-                .ok_or(Refusal::TooManyPeers)?;
+            let peer = decode_xor_address(a.value, &tid).map_err(|_| Refusal::MalformedPeer)?;
+            let slot = peers.get_mut(n).ok_or(Refusal::TooManyPeers)?;
             // All or nothing: check every peer before installing any (RFC 8656 §10.2).
             *slot = Some(self.check_peer(id, peer)?);
             n += 1;
@@ -712,10 +682,7 @@ impl<R: RelayIo> Engine<R> {
             .ok_or(Refusal::MalformedPeer)?;
         let peer = self.check_peer(id, peer)?;
         self.room_for_permissions(id, &[Some(peer)])?;
-        let a = self
-            .table
-            .get_mut(id)
-            .ok_or(Refusal::NoAllocation)?;
+        let a = self.table.get_mut(id).ok_or(Refusal::NoAllocation)?;
         // RFC 8656 §11.2: a number stays with its peer, and a peer with its number, including
         // during the cool-down after expiry.
         if let Some(c) = a.channels.get(&number) {

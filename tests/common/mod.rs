@@ -341,7 +341,14 @@ impl Drop for InProcess {
 /// root, as CI has; the namespace goes away with the process.
 pub fn spawn_in_own_netns(args: &[&str], env: &[(&str, &str)]) -> Child {
     let child = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\"", BIN])
+        .args([
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+            BIN,
+        ])
         .args(args)
         .env_remove("TURND_CONFIG")
         .envs(env.iter().copied())
