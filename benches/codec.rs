@@ -8,10 +8,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use turnd::metrics::Metrics;
+use turnd::auth::NonceKey;
 use turnd::proto::{AttrType, Class, Message, MessageType, MessageWriter, Method, TransactionId};
 use turnd::server::memory::MemoryRelay;
-use turnd::server::{Engine, EngineConfig, FiveTuple, Shared, Transport, WallClock};
+use turnd::server::{Engine, EngineConfig, Epoch, FiveTuple, Shared, Transport};
+
+/// The engine's clock anchor, as a driver sets it at start.
+fn epoch() -> Epoch {
+    Epoch {
+        at: Instant::now(),
+        unix: std::time::Duration::from_secs(1_800_000_000),
+    }
+}
 
 /// A Binding request as browsers send it to a STUN server: header only.
 fn bare_request() -> Vec<u8> {
@@ -69,12 +77,13 @@ fn codec(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
-    let shared = Arc::new(Shared::stun_only(Arc::new(Metrics::new())));
+    let shared = Arc::new(Shared::stun_only(NonceKey::from_bytes([3; 32])));
     let mut engine = Engine::new(
         Arc::new(EngineConfig::default()),
         shared,
         MemoryRelay::default(),
-        WallClock::now(),
+        epoch(),
+        [3; 32],
     );
     let tuple = FiveTuple {
         transport: Transport::Udp,
@@ -106,7 +115,7 @@ fn codec(c: &mut Criterion) {
 /// look up the 5-tuple, the channel and the permission) and peer → client (permission,
 /// channel, frame).
 fn channel_data(c: &mut Criterion) {
-    use turnd::auth::{Credentials, NonceKey, RestSecrets, StaticUsers};
+    use turnd::auth::{Credentials, RestSecrets, StaticUsers};
     use turnd::server::testclient::TestClient;
     use turnd::server::{Output, PeerPolicy};
 
@@ -115,18 +124,14 @@ fn channel_data(c: &mut Criterion) {
         secrets: RestSecrets::default(),
         file_users: Default::default(),
     };
-    let shared = Arc::new(Shared::new(
-        Arc::new(creds),
-        NonceKey::from_bytes([3; 32]),
-        Arc::new(Metrics::new()),
-    ));
+    let shared = Arc::new(Shared::new(Arc::new(creds), NonceKey::from_bytes([3; 32])));
     let config = EngineConfig {
         realm: "bench".into(),
         relay_addresses: vec!["10.0.0.1".parse().unwrap()],
         peers: PeerPolicy::new(vec!["10.0.0.0/8".parse().unwrap()]),
         ..EngineConfig::default()
     };
-    let mut engine = Engine::new(Arc::new(config), shared, MemoryRelay::default(), WallClock::now());
+    let mut engine = Engine::new(Arc::new(config), shared, MemoryRelay::default(), epoch(), [3; 32]);
     let tuple = FiveTuple {
         transport: Transport::Udp,
         client: "203.0.113.9:54321".parse().unwrap(),

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use proptest::prelude::*;
-use turnd::metrics::Metrics;
 use turnd::proto::attr::decode_xor_address;
 use turnd::proto::{
     framing, AttrType, ChannelData, ChannelNumber, Class, Message, MessageType, MessageWriter, Method, TransactionId,
 };
 use turnd::server::memory::MemoryRelay;
-use turnd::server::{Engine, EngineConfig, FiveTuple, Output, Shared, Transport, WallClock};
+use turnd::server::{Engine, EngineConfig, Epoch, FiveTuple, Output, Shared, Transport};
 
 fn class() -> impl Strategy<Value = Class> {
     prop_oneof![
@@ -151,8 +150,9 @@ proptest! {
         p.extend_from_slice(&[9; 12]);
         p.extend_from_slice(&body);
         let config = EngineConfig { software: Some("x".into()), ..EngineConfig::default() };
-        let shared = Arc::new(Shared::stun_only(Arc::new(Metrics::new())));
-        let mut engine = Engine::new(Arc::new(config), shared, MemoryRelay::default(), WallClock::now());
+        let shared = Arc::new(Shared::stun_only(turnd::auth::NonceKey::from_bytes([5; 32])));
+        let clock = Epoch { at: std::time::Instant::now(), unix: std::time::Duration::from_secs(1_800_000_000) };
+        let mut engine = Engine::new(Arc::new(config), shared, MemoryRelay::default(), clock, [5; 32]);
         let tuple = FiveTuple { transport: Transport::Udp, client: "192.0.2.1:5000".parse().unwrap(), server: "192.0.2.2:3478".parse().unwrap() };
         let mut out = [0u8; 1500];
         if let Output::Reply(n) = engine.handle_client(Instant::now(), &tuple, &p, &mut out) {

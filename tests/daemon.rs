@@ -187,7 +187,10 @@ fn coturn_uclient_relays_over_tls_with_no_loss() {
     // speaks TLS 1.2 and 1.3, so ctx 1 and 2 end in "sslv3 alert handshake failure" and the
     // client tries again. That is the only kind of failed handshake allowed here.
     for line in text.lines().filter(|l| l.contains("cannot connect")) {
-        assert!(line.contains("ctx=1") || line.contains("ctx=2"), "a handshake failed: {line}\n{text}");
+        assert!(
+            line.contains("ctx=1") || line.contains("ctx=2"),
+            "a handshake failed: {line}\n{text}"
+        );
     }
     assert!(text.contains("Total lost packets 0 (0.000000%)"), "{text}");
 }

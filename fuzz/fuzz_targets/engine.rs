@@ -15,7 +15,7 @@ use turnd::metrics::Metrics;
 use turnd::proto::{Class, Message};
 use turnd::server::memory::MemoryRelay;
 use turnd::server::testclient::TestClient;
-use turnd::server::{Engine, EngineConfig, FiveTuple, Output, PeerPolicy, PortRange, Shared, Transport, WallClock};
+use turnd::server::{Engine, EngineConfig, FiveTuple, Output, PeerPolicy, PortRange, Shared, Transport, Epoch};
 
 const REALM: &str = "fuzz";
 
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         secrets: RestSecrets::default(),
         file_users: Default::default(),
     };
-    let shared = Arc::new(Shared::new(Arc::new(creds), NonceKey::from_bytes([1; 32]), metrics.clone()));
+    let shared = Arc::new(Shared::new(Arc::new(creds), NonceKey::from_bytes([1; 32])));
     let config = EngineConfig {
         realm: REALM.into(),
         relay_addresses: vec![IpAddr::from([10, 0, 0, 1]), "fd00::1".parse().unwrap()],
@@ -39,8 +39,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let relay = MemoryRelay::default();
     let start = Instant::now();
-    let clock = WallClock { at: start, unix: Duration::from_secs(1_800_000_000) };
-    let mut engine = Engine::new(Arc::new(config), shared.clone(), relay.clone(), clock);
+    let clock = Epoch { at: start, unix: Duration::from_secs(1_800_000_000) };
+    // A fixed seed: the same input replays the same run, byte for byte.
+    let mut engine = Engine::new(Arc::new(config), shared.clone(), relay.clone(), clock, [1; 32]);
+    metrics.register(engine.stats().clone());
     let mut now = start;
     let mut out = vec![0u8; 70_000];
     let tuples: Vec<FiveTuple> = (0..4u16)

@@ -259,8 +259,8 @@ pub fn serve(config: Config) -> ExitCode {
     live.certs = certs.clone();
     let credentials = config.credentials_with(live.file_users.clone());
     let relaying = credentials.is_configured();
-    let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key, metrics.clone()));
-    let server = match Server::start(&config, shared.clone(), certs.as_ref()) {
+    let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key));
+    let server = match Server::start(&config, shared.clone(), metrics.clone(), certs.as_ref()) {
         Ok(s) => s,
         Err(e) => return fatal(e),
     };

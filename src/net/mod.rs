@@ -26,7 +26,8 @@ pub mod admin;
 pub mod tls;
 
 use crate::config::{Config, Source};
-use crate::server::{Engine, EngineConfig, Shared, Transport, WallClock};
+use crate::metrics::Metrics;
+use crate::server::{Engine, EngineConfig, Epoch, Shared, Transport};
 
 /// A socket that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +197,12 @@ pub struct Server {
 impl Server {
     /// Binds every listener (so that errors surface before the server reports ready), then
     /// starts the shards.
-    pub fn start(config: &Config, shared: Arc<Shared>, tls: Option<&Arc<tls::CertStore>>) -> Result<Server, BindError> {
+    pub fn start(
+        config: &Config,
+        shared: Arc<Shared>,
+        metrics: Arc<Metrics>,
+        tls: Option<&Arc<tls::CertStore>>,
+    ) -> Result<Server, BindError> {
         let acceptor = match tls.map(|t| t.acceptor()).transpose() {
             Ok(a) => a,
             Err(e) => {
@@ -286,18 +292,46 @@ impl Server {
 
         let (stop, stop_rx) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(Arc::new(config.engine_config()));
-        let clock = WallClock::now();
+        let clock = Epoch {
+            at: std::time::Instant::now(),
+            unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        };
         let mut handles = Vec::with_capacity(shards);
         let mut commands = Vec::with_capacity(shards);
         for (i, s) in sockets.into_iter().enumerate() {
             let shared = shared.clone();
+            let metrics = metrics.clone();
+            // Each engine's randomness comes from the OS CSPRNG, read here, once.
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| {
+                bind_err(
+                    "random",
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    io::Error::other(e.to_string()),
+                )
+            })?;
             let config_rx = config_rx.clone();
             let stop_rx = stop_rx.clone();
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
             commands.push(cmd_tx);
             let h = std::thread::Builder::new()
                 .name(format!("turnd-shard-{i}"))
-                .spawn(move || run_shard(i, shards as u32, s, config_rx, cmd_rx, shared, clock, stop_rx))
+                .spawn(move || {
+                    run_shard(
+                        i,
+                        shards as u32,
+                        s,
+                        config_rx,
+                        cmd_rx,
+                        shared,
+                        metrics,
+                        clock,
+                        seed,
+                        stop_rx,
+                    )
+                })
                 .map_err(|e| bind_err("thread", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
             handles.push(h);
         }
@@ -400,7 +434,9 @@ fn run_shard(
     mut config: watch::Receiver<Arc<EngineConfig>>,
     mut commands: mpsc::UnboundedReceiver<ShardCommand>,
     shared: Arc<Shared>,
-    clock: WallClock,
+    metrics: Arc<Metrics>,
+    clock: Epoch,
+    seed: [u8; 32],
     stop: watch::Receiver<bool>,
 ) {
     let engine_config = config.borrow_and_update().clone();
@@ -415,7 +451,8 @@ fn run_shard(
     local.block_on(&rt, async move {
         let shard = match shard::Shard::new(
             |io| {
-                let mut e = Engine::new(engine_config, shared, io, clock);
+                let mut e = Engine::new(engine_config, shared, io, clock, seed);
+                metrics.register(e.stats().clone());
                 e.set_shards(count);
                 e
             },

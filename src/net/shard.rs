@@ -19,8 +19,8 @@ use tokio::sync::{watch, Notify};
 
 use super::batch::TxQueue;
 use super::udp::UdpListener;
-use crate::metrics::{DropReason, Metrics};
 use crate::proto::MAX_MESSAGE_LEN;
+use crate::server::stats::{DropReason, Stats};
 use crate::server::{Engine, FiveTuple, RelayIo, RelayToken, Transport};
 
 /// Datagrams handled per wake-up of a socket before yielding to the shard's other tasks.
@@ -229,7 +229,7 @@ impl Shard {
         for event in events.iter().take(n) {
             more |= self.drain_slot(event.data() as usize, &mut budget);
         }
-        if let Some(metrics) = self.engine.try_borrow().ok().map(|e| e.metrics().clone()) {
+        if let Some(metrics) = self.engine.try_borrow().ok().map(|e| e.stats().clone()) {
             self.flush_udp(&metrics);
         }
         more
@@ -271,7 +271,7 @@ impl Shard {
         dest: SocketAddr,
         src_ip: Option<std::net::IpAddr>,
         bytes: &[u8],
-        metrics: &Metrics,
+        metrics: &Stats,
     ) {
         let full = {
             let listeners = self.udp.borrow();
@@ -289,7 +289,7 @@ impl Shard {
     }
 
     /// Sends every queued datagram for UDP clients.
-    pub fn flush_udp(&self, metrics: &Metrics) {
+    pub fn flush_udp(&self, metrics: &Stats) {
         let mut tx = self.client_tx.borrow_mut();
         if tx.is_empty() {
             return;
@@ -302,7 +302,7 @@ impl Shard {
 
     /// Queues a relayed datagram for a peer, sent from the allocation's relay socket when
     /// the batch being handled ends (`flush_peers`); a full queue is sent at once.
-    pub fn queue_peer(&self, socket: &RelaySocket, peer: SocketAddr, bytes: &[u8], metrics: &Metrics) {
+    pub fn queue_peer(&self, socket: &RelaySocket, peer: SocketAddr, bytes: &[u8], metrics: &Stats) {
         let full = {
             let mut tx = self.peer_tx.borrow_mut();
             tx.push(&*socket.sock, None, peer, bytes);
@@ -315,7 +315,7 @@ impl Shard {
     }
 
     /// Sends every queued datagram for peers.
-    pub fn flush_peers(&self, metrics: &Metrics) {
+    pub fn flush_peers(&self, metrics: &Stats) {
         let mut tx = self.peer_tx.borrow_mut();
         if tx.is_empty() {
             return;
@@ -342,7 +342,7 @@ impl Shard {
                 };
                 match found {
                     Some((index, src_ip)) => {
-                        self.queue_udp(index, tuple.client, src_ip, bytes, engine.metrics());
+                        self.queue_udp(index, tuple.client, src_ip, bytes, engine.stats());
                         self.tx_pending.notify_one();
                         true
                     }
@@ -353,7 +353,7 @@ impl Shard {
                 Some(out) => {
                     let mut q = out.queue.borrow_mut();
                     if q.len() + bytes.len() > TCP_QUEUE_LIMIT {
-                        engine.metrics().dropped(DropReason::client_backpressure);
+                        engine.stats().dropped(DropReason::client_backpressure);
                         return;
                     }
                     q.extend_from_slice(bytes);
@@ -364,7 +364,7 @@ impl Shard {
             },
         };
         if !ok {
-            engine.metrics().dropped(DropReason::send_failed);
+            engine.stats().dropped(DropReason::send_failed);
         }
     }
 }
@@ -380,7 +380,7 @@ pub async fn flusher(shard: Rc<Shard>) {
             _ = shard.tx_pending.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let metrics = shard.engine.borrow().metrics().clone();
+        let metrics = shard.engine.borrow().stats().clone();
         shard.flush_udp(&metrics);
     }
 }

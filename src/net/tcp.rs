@@ -12,8 +12,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::shard::{Shard, TcpOut};
 use super::TcpSettings;
-use crate::metrics::DropReason;
 use crate::proto::framing;
+use crate::server::stats::DropReason;
 use crate::server::{FiveTuple, Output, Transport};
 
 /// Initial read buffer per connection; it grows only as far as the largest frame needs.
@@ -71,7 +71,7 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
                 }
                 _ => {
                     // Over the listener's or this IP's cap: closed at once, and counted.
-                    shard.engine.borrow().metrics().connection_refused();
+                    shard.engine.borrow().stats().connection_refused();
                     drop(stream);
                 }
             },
@@ -163,7 +163,7 @@ fn frames(
 ) -> Result<usize, &'static str> {
     let now = Instant::now();
     let mut engine = shard.engine.borrow_mut();
-    let metrics = engine.metrics().clone();
+    let metrics = engine.stats().clone();
     let mut consumed = 0;
     let mut complete = 0;
     let mut answered = false;

@@ -121,7 +121,7 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
     {
         let now = Instant::now();
         let mut engine = shard.engine.borrow_mut();
-        let metrics = engine.metrics().clone();
+        let metrics = engine.stats().clone();
         let mut answered = false;
         for (meta, slot) in metas.iter().zip(bufs.chunks(SLOT)) {
             let tuple = FiveTuple {

@@ -48,29 +48,37 @@ impl Bucket {
 /// creates no state; an address is limited only when both of its buckets are empty.
 pub(super) struct SourceLimiter {
     rows: Box<[[(f32, u32); 2]]>,
-    hashers: [std::collections::hash_map::RandomState; 2],
+    /// Secret keys of the two rows' hashes, from the engine's seeded RNG.
+    keys: [u128; 2],
     start: Instant,
 }
 
 impl SourceLimiter {
     const BUCKETS: usize = 4096;
 
-    pub(super) fn new(start: Instant) -> Self {
+    pub(super) fn new(start: Instant, keys: [u128; 2]) -> Self {
         SourceLimiter {
             rows: vec![[(0.0, 0); 2]; Self::BUCKETS].into_boxed_slice(),
-            hashers: [Default::default(), Default::default()],
+            keys,
             start,
         }
     }
 
     pub(super) fn allow(&mut self, now: Instant, ip: IpAddr, rate: u32) -> bool {
-        use std::hash::BuildHasher;
+        use std::hash::{Hash, Hasher};
         if rate == 0 {
             return true;
         }
         let ms = u32::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u32::MAX);
         let rate = rate as f32;
-        let idx = [0, 1].map(|r| (self.hashers[r].hash_one(ip) as usize) % Self::BUCKETS);
+        // SipHash over a secret key and the address: where an address lands cannot be chosen
+        // from outside, and the same seed gives the same buckets.
+        let idx = [0, 1].map(|r| {
+            let mut h = std::hash::DefaultHasher::new();
+            h.write_u128(self.keys[r]);
+            ip.hash(&mut h);
+            (h.finish() as usize) % Self::BUCKETS
+        });
         let mut level = [0f32; 2];
         for r in 0..2 {
             let (tokens, last) = self.rows[idx[r]][r];
@@ -202,7 +210,7 @@ mod tests {
     #[test]
     fn the_source_limiter_allows_the_rate_per_address_and_recovers() {
         let t0 = Instant::now();
-        let mut l = SourceLimiter::new(t0);
+        let mut l = SourceLimiter::new(t0, [1, 2]);
         let a: IpAddr = [198, 18, 0, 1].into();
         let b: IpAddr = [198, 18, 0, 2].into();
         let now = t0 + Duration::from_millis(5);

@@ -16,12 +16,16 @@ pub mod memory;
 pub mod policy;
 mod refusal;
 pub mod relay;
+pub mod stats;
 pub mod testclient;
 mod turn;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 
 pub use crate::types::{FiveTuple, Transport};
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
@@ -32,8 +36,8 @@ pub use refusal::Refusal;
 pub use relay::{AllocationId, PortRange, RelayIo, RelayToken};
 
 use crate::auth::{CredentialSource, Credentials, NonceKey};
-use crate::metrics::{DropReason, Metrics};
 use crate::proto::{AttrType, ChannelData, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
+use stats::{Direction, DropReason, Framing, Stats};
 
 /// The default allocation lifetime (RFC 8656 §2.2).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
@@ -104,23 +108,20 @@ pub struct Shared {
     credentials: RwLock<Arc<dyn CredentialSource>>,
     pub nonce_key: NonceKey,
     pub quota: Quota,
-    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub fn new(credentials: Arc<dyn CredentialSource>, nonce_key: NonceKey, metrics: Arc<Metrics>) -> Self {
+    pub fn new(credentials: Arc<dyn CredentialSource>, nonce_key: NonceKey) -> Self {
         Shared {
             credentials: RwLock::new(credentials),
             nonce_key,
             quota: Quota::default(),
-            metrics,
         }
     }
 
-    /// Shared state with no credentials (STUN only) and a random nonce key.
-    pub fn stun_only(metrics: Arc<Metrics>) -> Self {
-        let key = NonceKey::random().unwrap_or_else(|_| NonceKey::from_bytes([0; 32]));
-        Shared::new(Arc::new(Credentials::default()), key, metrics)
+    /// Shared state with no credentials (STUN only).
+    pub fn stun_only(nonce_key: NonceKey) -> Self {
+        Shared::new(Arc::new(Credentials::default()), nonce_key)
     }
 
     /// The credential source in force.
@@ -182,22 +183,17 @@ impl EndReason {
     }
 }
 
-/// Maps the engine's clock (`Instant`) onto wall-clock seconds, for nonce and REST
-/// credential expiry.
+/// One moment on both clocks: the engine's `Instant` and the Unix time, read once by the
+/// driver at start. The engine derives wall-clock seconds from `now` with it, for nonce and
+/// REST credential expiry, and never reads a clock itself.
 #[derive(Debug, Clone, Copy)]
-pub struct WallClock {
+pub struct Epoch {
     pub at: Instant,
+    /// Time since 1970-01-01 at `at`.
     pub unix: Duration,
 }
 
-impl WallClock {
-    pub fn now() -> Self {
-        WallClock {
-            at: Instant::now(),
-            unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
-        }
-    }
-
+impl Epoch {
     pub fn unix_secs(&self, now: Instant) -> u64 {
         (self.unix + now.saturating_duration_since(self.at)).as_secs()
     }
@@ -239,8 +235,11 @@ const MAX_UNKNOWN_LISTED: usize = 8;
 pub struct Engine<R: RelayIo> {
     config: Arc<EngineConfig>,
     shared: Arc<Shared>,
+    stats: Arc<Stats>,
     io: R,
-    clock: WallClock,
+    clock: Epoch,
+    /// Every random choice: relay ports, transaction IDs, hash keys. Seeded by the driver.
+    rng: ChaCha20Rng,
     table: allocation::Table<R::Socket>,
     log_limiter: LogLimiter,
     /// Transaction IDs of Data indications: a random base and a counter (they need to be
@@ -255,18 +254,23 @@ pub struct Engine<R: RelayIo> {
 }
 
 impl<R: RelayIo> Engine<R> {
-    pub fn new(config: Arc<EngineConfig>, shared: Arc<Shared>, io: R, clock: WallClock) -> Self {
-        let mut base = [0u8; 16];
-        let _ = getrandom::fill(&mut base);
+    /// A new engine. `seed` is its randomness: from the OS CSPRNG in production, fixed in
+    /// tests and fuzzing, where the same inputs then give the same bytes out.
+    pub fn new(config: Arc<EngineConfig>, shared: Arc<Shared>, io: R, clock: Epoch, seed: [u8; 32]) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let base = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+        let keys = [0, 1].map(|_| u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
         Engine {
             config,
             shared,
+            stats: Arc::default(),
             io,
             table: allocation::Table::default(),
             log_limiter: LogLimiter::new(),
-            indication_tid: (u128::from_le_bytes(base), 0),
-            limiter: SourceLimiter::new(clock.at),
+            indication_tid: (base, 0),
+            limiter: SourceLimiter::new(clock.at, keys),
             clock,
+            rng,
             shard_bandwidth: Bucket::new(),
             shards: 1,
             signed_reply: false,
@@ -291,8 +295,9 @@ impl<R: RelayIo> Engine<R> {
             && shard.take(now, config.bandwidth_total / u64::from(shards), n)
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.shared.metrics
+    /// This engine's counters, which only its shard writes.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -353,7 +358,7 @@ impl<R: RelayIo> Engine<R> {
         let msg = match Message::parse(packet) {
             Ok(m) => m,
             Err(e) => {
-                self.shared.metrics.dropped(match e {
+                self.stats.dropped(match e {
                     ParseError::FingerprintMismatch => DropReason::bad_fingerprint,
                     _ => DropReason::malformed,
                 });
@@ -379,13 +384,13 @@ impl<R: RelayIo> Engine<R> {
             Class::Indication if msg.method() == Method::SEND => {
                 if n_unknown > 0 {
                     // RFC 8489 §6.3.2: indications with unknown required attributes are dropped.
-                    self.shared.metrics.dropped(DropReason::malformed);
+                    self.stats.dropped(DropReason::malformed);
                     return Output::None;
                 }
                 return self.send_indication(now, tuple, msg);
             }
             _ => {
-                self.shared.metrics.dropped(DropReason::unexpected_class);
+                self.stats.dropped(DropReason::unexpected_class);
                 return Output::None;
             }
         }
@@ -409,7 +414,7 @@ impl<R: RelayIo> Engine<R> {
                 .limiter
                 .allow(now, tuple.client.ip(), self.config.unauthenticated_rate)
         {
-            self.shared.metrics.dropped(DropReason::rate_limited);
+            self.stats.dropped(DropReason::rate_limited);
             return Output::None;
         }
         reply
@@ -427,7 +432,7 @@ impl<R: RelayIo> Engine<R> {
         out: &mut [u8],
     ) -> Option<ToClient> {
         let next_tid = self.next_indication_tid();
-        let metrics = &self.shared.metrics;
+        let metrics = &self.stats;
         let Some(a) = self.table.get_mut(token.allocation) else {
             metrics.dropped(DropReason::no_allocation);
             return None;
@@ -451,10 +456,10 @@ impl<R: RelayIo> Engine<R> {
         let tuple = a.tuple;
         let len = if let Some(ch) = a.channel_for(peer, now) {
             let channel = crate::proto::ChannelNumber::new(ch)?;
-            metrics.framed(crate::metrics::Framing::channel_data);
+            metrics.framed(Framing::channel_data);
             ChannelData::encode(channel, data, tuple.transport.is_stream(), out)?
         } else {
-            metrics.framed(crate::metrics::Framing::data_indication);
+            metrics.framed(Framing::data_indication);
             let typ = MessageType::new(Method::DATA, Class::Indication);
             let mut w = MessageWriter::new(out, typ, next_tid).ok()?;
             w.xor_address(AttrType::XOR_PEER_ADDRESS, peer).ok()?;
@@ -463,7 +468,7 @@ impl<R: RelayIo> Engine<R> {
         };
         a.traffic.to_client_packets += 1;
         a.traffic.to_client_bytes += data.len() as u64;
-        metrics.relayed(crate::metrics::Direction::peer_to_client, data.len());
+        metrics.relayed(Direction::peer_to_client, data.len());
         Some(ToClient { tuple, len })
     }
 
@@ -514,15 +519,15 @@ impl<R: RelayIo> Engine<R> {
                 continue;
             }
             let (perms, chans) = a.sweep(now);
-            self.shared.metrics.permissions_delta(-(perms as i64));
-            self.shared.metrics.channels_delta(-(chans as i64));
+            self.stats.permissions_delta(-(perms as i64));
+            self.stats.channels_delta(-(chans as i64));
             self.table.reschedule(id, now);
         }
     }
 
     fn end_allocation(&mut self, now: Instant, id: AllocationId, reason: EndReason) {
         let Some(a) = self.table.remove(id) else { return };
-        let m = &self.shared.metrics;
+        let m = &self.stats;
         self.shared.quota.release(&a.username);
         let lived = now.saturating_duration_since(a.created);
         m.allocation_closed(a.tuple.transport, lived);
@@ -554,7 +559,7 @@ impl<R: RelayIo> Engine<R> {
     }
 
     fn channel_data<'a>(&'a mut self, now: Instant, tuple: &FiveTuple, packet: &'a [u8]) -> Output<'a, R::Socket> {
-        let metrics = &self.shared.metrics;
+        let metrics = &self.stats;
         let Ok(cd) = ChannelData::parse(packet) else {
             metrics.dropped(DropReason::malformed);
             return Output::None;
@@ -587,8 +592,8 @@ impl<R: RelayIo> Engine<R> {
         }
         a.traffic.to_peer_packets += 1;
         a.traffic.to_peer_bytes += cd.data.len() as u64;
-        metrics.relayed(crate::metrics::Direction::client_to_peer, cd.data.len());
-        metrics.framed(crate::metrics::Framing::channel_data);
+        metrics.relayed(Direction::client_to_peer, cd.data.len());
+        metrics.framed(Framing::channel_data);
         match &a.relays[allocation::family_index(peer.ip())] {
             Some(r) => Output::Relay {
                 socket: &r.socket,
@@ -605,7 +610,7 @@ impl<R: RelayIo> Engine<R> {
             w.xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client)
         }) {
             Some(len) => {
-                self.shared.metrics.binding_request(tuple.transport);
+                self.stats.binding_request(tuple.transport);
                 Output::Reply(len)
             }
             None => Output::None,

@@ -3,12 +3,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand_chacha::rand_core::RngCore;
+
 use super::allocation::{family_index, Allocation, Channel, Relay, Traffic, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use super::refusal::Refusal;
 use super::relay::{AllocationId, RelayToken};
+use super::stats::{AuthFailure, Direction, DropReason, Framing, TurnMethod};
 use super::{policy, EndReason, Engine, FiveTuple, Output, RelayIo, DEFAULT_LIFETIME};
 use crate::auth::{Verdict, NONCE_LEN};
-use crate::metrics::{AuthFailure, DropReason, TurnMethod};
 use crate::proto::attr::{decode_text, decode_u32, decode_xor_address};
 use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, Method};
 
@@ -102,14 +104,14 @@ impl<R: RelayIo> Engine<R> {
         let credentials = self.shared.credentials();
         let refusal = refusal.or((!credentials.is_configured()).then_some(Refusal::RelayDisabled));
         if let Some(r) = refusal {
-            self.shared.metrics.turn_request(method, false);
+            self.stats.turn_request(method, false);
             self.log_refusal(now, tuple, msg, r);
             return self.error(msg, r.code(), &[], out);
         }
         let auth = match self.authenticate(now, tuple, msg, &*credentials) {
             Ok(a) => a,
             Err(reject) => {
-                self.shared.metrics.turn_request(method, false);
+                self.stats.turn_request(method, false);
                 return self.reject(now, tuple, msg, reject, out);
             }
         };
@@ -119,7 +121,7 @@ impl<R: RelayIo> Engine<R> {
             Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth),
             _ => self.channel_bind(now, tuple, msg, &auth),
         };
-        self.shared.metrics.turn_request(method, result.is_ok());
+        self.stats.turn_request(method, result.is_ok());
         self.signed_reply = true;
         let key = Some(auth.key());
         let len = match result {
@@ -213,7 +215,7 @@ impl<R: RelayIo> Engine<R> {
             text(AttrType::REALM, MAX_REALM),
             msg.get(AttrType::NONCE).map(|a| a.value),
         ) else {
-            self.shared.metrics.auth_failure(AuthFailure::malformed);
+            self.stats.auth_failure(AuthFailure::malformed);
             return Err(Reject::BadRequest);
         };
         let unix_now = self.clock.unix_secs(now);
@@ -235,13 +237,13 @@ impl<R: RelayIo> Engine<R> {
             (Some(list), Some(alg)) if list.value == PASSWORD_ALGORITHMS && alg.value.len() >= 4 => {
                 let a = u16::from_be_bytes([alg.value[0], alg.value[1]]);
                 if a != ALG_MD5 && a != ALG_SHA256 {
-                    self.shared.metrics.auth_failure(AuthFailure::malformed);
+                    self.stats.auth_failure(AuthFailure::malformed);
                     return Err(Reject::BadRequest);
                 }
                 a
             }
             _ => {
-                self.shared.metrics.auth_failure(AuthFailure::malformed);
+                self.stats.auth_failure(AuthFailure::malformed);
                 return Err(Reject::BadRequest);
             }
         };
@@ -294,7 +296,7 @@ impl<R: RelayIo> Engine<R> {
             Reject::StaleNonce(f) => (ErrorCode::STALE_NONCE, Some(f)),
         };
         if let Some(f) = failure {
-            self.shared.metrics.auth_failure(f);
+            self.stats.auth_failure(f);
             self.log_auth(now, tuple, msg, f);
         }
         let expiry = self.clock.unix_secs(now) + self.config.nonce_lifetime.as_secs();
@@ -339,7 +341,7 @@ impl<R: RelayIo> Engine<R> {
         let id = self.table.id_for(tuple).ok_or(Refusal::NoAllocation)?;
         let a = self.table.get(id).ok_or(Refusal::NoAllocation)?;
         if &*a.username != auth.username {
-            self.shared.metrics.auth_failure(AuthFailure::wrong_credentials);
+            self.stats.auth_failure(AuthFailure::wrong_credentials);
             return Err(Refusal::WrongCredentials);
         }
         Ok(id)
@@ -476,7 +478,7 @@ impl<R: RelayIo> Engine<R> {
             scheduled: None,
         };
         self.table.insert(id, a, now);
-        self.shared.metrics.allocation_opened(tuple.transport);
+        self.stats.allocation_opened(tuple.transport);
         tracing::info!(
             event = "allocation created",
             user = auth.username,
@@ -518,9 +520,7 @@ impl<R: RelayIo> Engine<R> {
         };
         let range = self.config.relay_ports;
         let span = range.len();
-        let mut r = [0u8; 4];
-        let _ = getrandom::fill(&mut r);
-        let start = u32::from_le_bytes(r) % span;
+        let start = self.rng.next_u32() % span;
         // A random start from the OS CSPRNG, then every port once, so a nearly full pool is
         // still found; EVEN-PORT steps over odd ports.
         for k in 0..span {
@@ -626,7 +626,7 @@ impl<R: RelayIo> Engine<R> {
     fn install_permission(&mut self, id: AllocationId, ip: IpAddr, now: Instant) {
         if let Some(a) = self.table.get_mut(id) {
             if a.permissions.insert(ip, now + PERMISSION_LIFETIME).is_none() {
-                self.shared.metrics.permissions_delta(1);
+                self.stats.permissions_delta(1);
             }
         }
     }
@@ -706,7 +706,7 @@ impl<R: RelayIo> Engine<R> {
         );
         a.channel_by_peer.insert(peer, number);
         if newly_active {
-            self.shared.metrics.channels_delta(1);
+            self.stats.channels_delta(1);
         }
         self.install_permission(id, peer.ip(), now);
         self.table.reschedule(id, now);
@@ -719,7 +719,7 @@ impl<R: RelayIo> Engine<R> {
         tuple: &FiveTuple,
         msg: Message<'a>,
     ) -> Output<'a, R::Socket> {
-        let metrics = &self.shared.metrics;
+        let metrics = &self.stats;
         let Some(id) = self.table.id_for(tuple) else {
             metrics.dropped(DropReason::no_allocation);
             return Output::None;
@@ -753,8 +753,8 @@ impl<R: RelayIo> Engine<R> {
         }
         a.traffic.to_peer_packets += 1;
         a.traffic.to_peer_bytes += data.value.len() as u64;
-        metrics.relayed(crate::metrics::Direction::client_to_peer, data.value.len());
-        metrics.framed(crate::metrics::Framing::send_indication);
+        metrics.relayed(Direction::client_to_peer, data.value.len());
+        metrics.framed(Framing::send_indication);
         match &a.relays[family_index(peer.ip())] {
             Some(r) => Output::Relay {
                 socket: &r.socket,

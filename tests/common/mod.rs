@@ -307,9 +307,8 @@ impl InProcess {
         let shared = turnd::server::Shared::new(
             std::sync::Arc::new(config.credentials()),
             turnd::auth::NonceKey::random().unwrap(),
-            metrics.clone(),
         );
-        let server = turnd::net::Server::start(&config, std::sync::Arc::new(shared), None).unwrap();
+        let server = turnd::net::Server::start(&config, std::sync::Arc::new(shared), metrics.clone(), None).unwrap();
         InProcess {
             server: Some(server),
             metrics,
