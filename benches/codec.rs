@@ -111,10 +111,14 @@ fn codec(c: &mut Criterion) {
     g.finish();
 }
 
-/// The relay hot path: a bound channel, then ChannelData client → peer (parse 4 bytes,
-/// look up the 5-tuple, the channel and the permission) and peer → client (permission,
-/// channel, frame).
-fn channel_data(c: &mut Criterion) {
+/// An engine with one allocation whose channel 0x4000 is bound to a peer: (engine, the
+/// client's 5-tuple, the relay socket's token, the peer).
+fn bound_engine() -> (
+    Engine<MemoryRelay>,
+    FiveTuple,
+    turnd::server::RelayToken,
+    std::net::SocketAddr,
+) {
     use turnd::auth::{Credentials, RestSecrets, StaticUsers};
     use turnd::server::testclient::TestClient;
     use turnd::server::{Output, PeerPolicy};
@@ -158,7 +162,18 @@ fn channel_data(c: &mut Criterion) {
         .and_then(|a| a.relays[0].as_ref())
         .map(|r| r.socket.token)
         .unwrap();
+    (engine, tuple, token, peer)
+}
 
+/// The relay hot path: a bound channel, then ChannelData client → peer (parse 4 bytes,
+/// look up the 5-tuple, the channel and the permission) and peer → client (permission,
+/// channel, frame).
+fn channel_data(c: &mut Criterion) {
+    use turnd::server::testclient::TestClient;
+    use turnd::server::Output;
+
+    let (mut engine, tuple, token, peer) = bound_engine();
+    let now = Instant::now();
     let mut g = c.benchmark_group("relay");
     g.throughput(Throughput::Elements(1));
     let packet = TestClient::channel_data(0x4000, &[7u8; 100], false);
@@ -182,5 +197,45 @@ fn channel_data(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, channel_data);
+/// Two shards relaying at once, each on its own thread with its own engine, as on a
+/// two-core host: one iteration is one ChannelData each way on each shard. Counters that
+/// every shard writes would bounce a cache line between the cores here.
+fn two_shards(c: &mut Criterion) {
+    use std::sync::Barrier;
+    use turnd::server::testclient::TestClient;
+
+    let mut g = c.benchmark_group("relay");
+    g.throughput(Throughput::Elements(4));
+    g.bench_function("channel_data_both_ways_two_shards_100B", |b| {
+        b.iter_custom(|iters| {
+            let barrier = Arc::new(Barrier::new(2));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let (mut engine, tuple, token, peer) = bound_engine();
+                        let packet = TestClient::channel_data(0x4000, &[7u8; 100], false);
+                        let payload = [7u8; 100];
+                        let mut out = vec![0u8; 4096];
+                        let now = Instant::now();
+                        barrier.wait();
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            black_box(matches!(
+                                engine.handle_client(now, &tuple, black_box(&packet), &mut out),
+                                turnd::server::Output::Relay { .. }
+                            ));
+                            black_box(engine.handle_peer(now, token, peer, black_box(&payload), &mut out));
+                        }
+                        start.elapsed()
+                    })
+                })
+                .collect();
+            threads.into_iter().filter_map(|t| t.join().ok()).max().unwrap_or_default()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, channel_data, two_shards);
 criterion_main!(benches);
