@@ -95,7 +95,7 @@ fn codec(c: &mut Criterion) {
         b.iter(|| {
             matches!(
                 engine.handle_client(now, &tuple, black_box(&bare), &mut out),
-                turnd::server::Output::Reply(_)
+                turnd::server::Output::ToClient { .. }
             )
         })
     });
@@ -151,7 +151,7 @@ fn bound_engine() -> (
             0 | 1 => client.allocate(),
             _ => client.channel_bind(0x4000, peer),
         };
-        if let Output::Reply(n) = engine.handle_client(now, &tuple, &req, &mut out) {
+        if let Output::ToClient { len: n, .. } = engine.handle_client(now, &tuple, &req, &mut out) {
             let bytes = out[..n].to_vec();
             client.read(&bytes);
         }
@@ -182,7 +182,7 @@ fn channel_data(c: &mut Criterion) {
         b.iter(|| {
             matches!(
                 engine.handle_client(now, &tuple, black_box(&packet), &mut out),
-                Output::Relay { .. }
+                Output::ToPeer { .. }
             )
         })
     });
@@ -191,7 +191,7 @@ fn channel_data(c: &mut Criterion) {
         b.iter(|| {
             engine
                 .handle_peer(now, token, peer, black_box(&payload), &mut out)
-                .map(|t| t.len)
+                .is_some()
         })
     });
     g.finish();
@@ -223,15 +223,23 @@ fn two_shards(c: &mut Criterion) {
                         for _ in 0..iters {
                             black_box(matches!(
                                 engine.handle_client(now, &tuple, black_box(&packet), &mut out),
-                                turnd::server::Output::Relay { .. }
+                                turnd::server::Output::ToPeer { .. }
                             ));
-                            black_box(engine.handle_peer(now, token, peer, black_box(&payload), &mut out));
+                            black_box(
+                                engine
+                                    .handle_peer(now, token, peer, black_box(&payload), &mut out)
+                                    .is_some(),
+                            );
                         }
                         start.elapsed()
                     })
                 })
                 .collect();
-            threads.into_iter().filter_map(|t| t.join().ok()).max().unwrap_or_default()
+            threads
+                .into_iter()
+                .filter_map(|t| t.join().ok())
+                .max()
+                .unwrap_or_default()
         })
     });
     g.finish();

@@ -155,7 +155,7 @@ proptest! {
         let mut engine = Engine::new(Arc::new(config), shared, MemoryRelay::default(), clock, [5; 32]);
         let tuple = FiveTuple { transport: Transport::Udp, client: "192.0.2.1:5000".parse().unwrap(), server: "192.0.2.2:3478".parse().unwrap() };
         let mut out = [0u8; 1500];
-        if let Output::Reply(n) = engine.handle_client(Instant::now(), &tuple, &p, &mut out) {
+        if let Output::ToClient { len: n, .. } = engine.handle_client(Instant::now(), &tuple, &p, &mut out) {
             // Whatever is answered is itself a well-formed response to this transaction.
             let r = Message::parse(&out[..n]).unwrap();
             prop_assert!(matches!(r.class(), Class::Success | Class::Error));

@@ -106,8 +106,11 @@ impl World {
     fn send(&mut self, t: &FiveTuple, bytes: &[u8]) -> Sent {
         match self.engine.handle_client(self.now, t, bytes, &mut self.out) {
             Output::None => Sent::None,
-            Output::Reply(n) => Sent::Reply(self.out[..n].to_vec()),
-            Output::Relay { socket, peer, data } => Sent::Relay {
+            Output::ToClient { tuple, len } => {
+                assert_eq!(tuple, *t, "answers go back on the request's 5-tuple");
+                Sent::Reply(self.out[..len].to_vec())
+            }
+            Output::ToPeer { socket, peer, data } => Sent::Relay {
                 from: socket.addr,
                 peer,
                 data: data.to_vec(),
@@ -163,8 +166,11 @@ impl World {
     }
 
     fn peer_sends(&mut self, token: RelayToken, from: SocketAddr, data: &[u8]) -> Option<(FiveTuple, Vec<u8>)> {
-        let r = self.engine.handle_peer(self.now, token, from, data, &mut self.out)?;
-        Some((r.tuple, self.out[..r.len].to_vec()))
+        match self.engine.handle_peer(self.now, token, from, data, &mut self.out) {
+            Output::ToClient { tuple, len } => Some((tuple, self.out[..len].to_vec())),
+            Output::None => None,
+            Output::ToPeer { .. } => panic!("a peer's datagram goes to the client"),
+        }
     }
 
     /// Moves the clock to `start + at` and runs due timers.

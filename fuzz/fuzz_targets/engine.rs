@@ -83,8 +83,10 @@ fuzz_target!(|data: &[u8]| {
                 // A datagram from a peer to whichever relay socket exists.
                 let token = engine.allocations().find_map(|a| a.relays.iter().flatten().next().map(|r| r.socket.token));
                 if let Some(token) = token {
-                    if let Some(r) = engine.handle_peer(now, token, peer, &[arg; 4], &mut out) {
-                        assert!(r.len <= out.len());
+                    match engine.handle_peer(now, token, peer, &[arg; 4], &mut out) {
+                        Output::ToClient { len, .. } => assert!(len <= out.len()),
+                        Output::None => {}
+                        Output::ToPeer { .. } => panic!("a peer's datagram went to a peer"),
                     }
                 }
                 Vec::new()
@@ -103,14 +105,15 @@ fuzz_target!(|data: &[u8]| {
         };
         if !packet.is_empty() {
             match engine.handle_client(now, &t, &packet, &mut out) {
-                Output::Reply(n) => {
+                Output::ToClient { tuple, len: n } => {
+                    assert_eq!(tuple, t, "an answer left on another 5-tuple");
                     let resp = Message::parse(&out[..n]).expect("engine wrote a malformed response");
                     assert!(matches!(resp.class(), Class::Success | Class::Error));
                     let req = Message::parse(&packet).expect("engine answered a malformed request");
                     assert_eq!(req.transaction_id(), resp.transaction_id());
                     c.read(&out[..n]);
                 }
-                Output::Relay { data, .. } => assert!(data.len() <= packet.len()),
+                Output::ToPeer { data, .. } => assert!(data.len() <= packet.len()),
                 Output::None => {}
             }
         }

@@ -394,7 +394,9 @@ fn handle_command(shard: &shard::Shard, cmd: ShardCommand) {
             let _ = reply.send(list);
         }
         ShardCommand::Disconnect { user, reply } => {
-            let n = shard.engine.borrow_mut().disconnect_user(now, &user);
+            let mut engine = shard.engine.borrow_mut();
+            let n = engine.disconnect_user(now, &user);
+            shard.rearm(&mut engine);
             let _ = reply.send(n);
         }
     }

@@ -21,7 +21,7 @@ use super::batch::TxQueue;
 use super::udp::UdpListener;
 use crate::proto::MAX_MESSAGE_LEN;
 use crate::server::stats::{DropReason, Stats};
-use crate::server::{Engine, FiveTuple, RelayIo, RelayToken, Transport};
+use crate::server::{Engine, FiveTuple, Output, RelayIo, RelayToken, Transport};
 
 /// Datagrams handled per wake-up of a socket before yielding to the shard's other tasks.
 pub const BATCH: usize = 32;
@@ -229,8 +229,11 @@ impl Shard {
         for event in events.iter().take(n) {
             more |= self.drain_slot(event.data() as usize, &mut budget);
         }
-        if let Some(metrics) = self.engine.try_borrow().ok().map(|e| e.stats().clone()) {
-            self.flush_udp(&metrics);
+        if let Ok(mut engine) = self.engine.try_borrow_mut() {
+            self.rearm(&mut engine);
+            let stats = engine.stats().clone();
+            drop(engine);
+            self.flush_udp(&stats);
         }
         more
     }
@@ -254,8 +257,17 @@ impl Shard {
         left
     }
 
+    /// Carries out what the engine asked: `tx` is the buffer it wrote client bytes into.
+    pub fn apply(&self, output: Output<'_, RelaySocket>, tx: &[u8], stats: &Stats) {
+        match output {
+            Output::None => {}
+            Output::ToClient { tuple, len } => self.send_to_client(&tuple, tx.get(..len).unwrap_or_default(), stats),
+            Output::ToPeer { socket, peer, data } => self.queue_peer(socket, peer, data, stats),
+        }
+    }
+
     /// Wakes the timer task if the engine's next deadline moved earlier. Called after every
-    /// request, the only thing that changes deadlines.
+    /// batch handed to the engine (the engine's call-order contract).
     pub fn rearm(&self, engine: &mut Engine<NetRelay>) {
         let next = engine.poll_timeout();
         let armed = self.armed.get();
@@ -329,7 +341,7 @@ impl Shard {
 
     /// Sends bytes to a client on its 5-tuple: queued for the UDP listener it used (and sent
     /// by `flusher` once the tasks that are ready have run), or queued on its TCP connection.
-    pub fn send_to_client(&self, tuple: &FiveTuple, bytes: &[u8], engine: &Engine<NetRelay>) {
+    pub fn send_to_client(&self, tuple: &FiveTuple, bytes: &[u8], stats: &Stats) {
         let ok = match tuple.transport {
             Transport::Udp => {
                 let found = {
@@ -342,7 +354,7 @@ impl Shard {
                 };
                 match found {
                     Some((index, src_ip)) => {
-                        self.queue_udp(index, tuple.client, src_ip, bytes, engine.stats());
+                        self.queue_udp(index, tuple.client, src_ip, bytes, stats);
                         self.tx_pending.notify_one();
                         true
                     }
@@ -353,7 +365,7 @@ impl Shard {
                 Some(out) => {
                     let mut q = out.queue.borrow_mut();
                     if q.len() + bytes.len() > TCP_QUEUE_LIMIT {
-                        engine.stats().dropped(DropReason::client_backpressure);
+                        stats.dropped(DropReason::client_backpressure);
                         return;
                     }
                     q.extend_from_slice(bytes);
@@ -364,7 +376,7 @@ impl Shard {
             },
         };
         if !ok {
-            engine.stats().dropped(DropReason::send_failed);
+            stats.dropped(DropReason::send_failed);
         }
     }
 }
@@ -466,9 +478,8 @@ fn drain_relay(shard: &Shard, sock: &UdpSocket, token: RelayToken) -> (usize, bo
                 .get(i * RELAY_SLOT..i * RELAY_SLOT + (*len).min(RELAY_SLOT))
                 .unwrap_or_default();
             let mut engine = shard.engine.borrow_mut();
-            if let Some(out) = engine.handle_peer(Instant::now(), token, peer, data, &mut tx) {
-                shard.send_to_client(&out.tuple, tx.get(..out.len).unwrap_or_default(), &engine);
-            }
+            let output = engine.handle_peer(Instant::now(), token, peer, data, &mut tx);
+            shard.apply(output, &tx, engine.stats());
         }
         match r {
             Ok(true) => continue,

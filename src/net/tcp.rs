@@ -95,7 +95,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let reason = run(&mut stream, &tuple, idle_timeout, &shard, &out).await;
     tracing::debug!(client = %tuple.client, reason, "TCP connection closed");
     shard.tcp.borrow_mut().remove(&tuple);
-    shard.engine.borrow_mut().handle_client_closed(Instant::now(), &tuple);
+    let mut engine = shard.engine.borrow_mut();
+    engine.handle_client_closed(Instant::now(), &tuple);
+    shard.rearm(&mut engine);
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
@@ -166,19 +168,17 @@ fn frames(
     let metrics = engine.stats().clone();
     let mut consumed = 0;
     let mut complete = 0;
-    let mut answered = false;
     let result = loop {
         let rest = &buf[consumed..];
         match framing::next_frame(rest) {
             Ok(Some(frame)) => {
                 let packet = &rest[..frame.len()];
                 match engine.handle_client(now, tuple, packet, reply) {
-                    Output::None => {}
-                    Output::Reply(len) => {
-                        answered = true;
-                        pending.extend_from_slice(&reply[..len]);
+                    // The usual answer: back on this connection, written with its replies.
+                    Output::ToClient { tuple: to, len } if to == *tuple => {
+                        pending.extend_from_slice(reply.get(..len).unwrap_or_default());
                     }
-                    Output::Relay { socket, peer, data } => shard.queue_peer(socket, peer, data, &metrics),
+                    output => shard.apply(output, reply, &metrics),
                 }
                 consumed += frame.len();
                 complete += 1;
@@ -192,9 +192,7 @@ fn frames(
         }
     };
     shard.flush_peers(&metrics);
-    if answered {
-        shard.rearm(&mut engine);
-    }
+    shard.rearm(&mut engine);
     drop(engine);
     buf.drain(..consumed);
     result

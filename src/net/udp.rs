@@ -122,7 +122,6 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
         let now = Instant::now();
         let mut engine = shard.engine.borrow_mut();
         let metrics = engine.stats().clone();
-        let mut answered = false;
         for (meta, slot) in metas.iter().zip(bufs.chunks(SLOT)) {
             let tuple = FiveTuple {
                 transport: Transport::Udp,
@@ -139,19 +138,16 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
                     .get(k * stride..data.len().min((k + 1) * stride))
                     .unwrap_or_default();
                 match engine.handle_client(now, &tuple, datagram, tx) {
-                    Output::None => {}
-                    Output::Reply(len) => {
-                        answered = true;
+                    // The usual answer: back on the 5-tuple it came in on, from this listener.
+                    Output::ToClient { tuple: to, len } if to == tuple => {
                         let reply = tx.get(..len).unwrap_or_default();
                         shard.queue_udp(index, tuple.client, listener.src_ip(&tuple), reply, &metrics);
                     }
-                    Output::Relay { socket, peer, data } => shard.queue_peer(socket, peer, data, &metrics),
+                    output => shard.apply(output, tx, &metrics),
                 }
             }
         }
-        if answered {
-            shard.rearm(&mut engine);
-        }
+        shard.rearm(&mut engine);
         shard.flush_peers(&metrics);
         shard.flush_udp(&metrics);
     }

@@ -1,14 +1,16 @@
 //! The protocol engine: STUN Binding and TURN (RFC 8656) for one shard. It owns the
 //! allocation table and the timer heap, but no sockets and no clock: every entry point takes
-//! `now`, relay sockets are opened through [`RelayIo`], and the answers are returned.
+//! `now`, relay sockets are opened through [`RelayIo`], and what to send comes back as one
+//! [`Output`].
 //!
-//! Call order, per shard:
-//! - each packet a client sends to a listener: [`Engine::handle_client`], then act on the
-//!   [`Output`] (send a reply on the same 5-tuple, or relay data to a peer);
-//! - each datagram a relay socket receives: [`Engine::handle_peer`], then send the result to
-//!   the client's 5-tuple;
+//! Call order, per shard (the contract of [`Engine`]):
+//! - each packet a client sends to a listener: [`Engine::handle_client`];
+//! - each datagram a relay socket receives: [`Engine::handle_peer`];
 //! - a TCP client connection closing: [`Engine::handle_client_closed`];
-//! - timers: sleep until [`Engine::poll_timeout`], then call [`Engine::handle_timeout`].
+//! - an operator's disconnect, or the end: [`Engine::disconnect_user`], [`Engine::end_all`];
+//! - act on the [`Output`] each call returns before the next call (it borrows the engine);
+//! - after every `handle_*` call or batch of them, ask [`Engine::poll_timeout`] again and
+//!   sleep no later than it says; when that moment comes, call [`Engine::handle_timeout`].
 
 mod allocation;
 mod limits;
@@ -136,27 +138,28 @@ impl Shared {
     }
 }
 
-/// What to do with a packet a client sent.
+/// What the engine asks its driver to do: the answer of every `handle_*` call. New
+/// capabilities add variants here, never side channels.
 #[derive(Debug)]
 pub enum Output<'a, S> {
     /// Nothing to send.
     None,
-    /// Send the first `n` bytes of `out` back to the client on the same 5-tuple.
-    Reply(usize),
+    /// Send the first `len` bytes of the caller's `out` buffer to a client on `tuple`: from
+    /// `tuple.server` (a listener's address) to `tuple.client`, over `tuple.transport`.
+    ToClient { tuple: FiveTuple, len: usize },
     /// Send `data` to `peer` from a relay socket.
-    Relay {
+    ToPeer {
         socket: &'a S,
         peer: SocketAddr,
         data: &'a [u8],
     },
 }
 
-/// A datagram from a peer, framed for the client: send the first `len` bytes of `out` to
-/// `tuple`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ToClient {
-    pub tuple: FiveTuple,
-    pub len: usize,
+impl<S> Output<'_, S> {
+    /// True when something is to be sent.
+    pub fn is_some(&self) -> bool {
+        !matches!(self, Output::None)
+    }
 }
 
 /// Why an allocation ended (the `reason` in its log line).
@@ -397,18 +400,18 @@ impl<R: RelayIo> Engine<R> {
 
         self.signed_reply = false;
         let reply = if n_unknown > 0 {
-            self.error(&msg, ErrorCode::UNKNOWN_ATTRIBUTE, &unknown[..n_unknown], out)
+            self.error(&msg, tuple, ErrorCode::UNKNOWN_ATTRIBUTE, &unknown[..n_unknown], out)
         } else {
             match msg.method() {
                 Method::BINDING => self.binding(&msg, tuple, out),
                 Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
                     self.turn_request(now, tuple, &msg, out)
                 }
-                _ => self.error(&msg, ErrorCode::BAD_REQUEST, &[], out),
+                _ => self.error(&msg, tuple, ErrorCode::BAD_REQUEST, &[], out),
             }
         };
         // Every answer to an unauthenticated request counts against its source's budget.
-        if matches!(reply, Output::Reply(_))
+        if matches!(reply, Output::ToClient { .. })
             && !self.signed_reply
             && !self
                 .limiter
@@ -430,7 +433,21 @@ impl<R: RelayIo> Engine<R> {
         peer: SocketAddr,
         data: &[u8],
         out: &mut [u8],
-    ) -> Option<ToClient> {
+    ) -> Output<'static, R::Socket> {
+        match self.peer_to_client(now, token, peer, data, out) {
+            Some((tuple, len)) => Output::ToClient { tuple, len },
+            None => Output::None,
+        }
+    }
+
+    fn peer_to_client(
+        &mut self,
+        now: Instant,
+        token: RelayToken,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<(FiveTuple, usize)> {
         let next_tid = self.next_indication_tid();
         let metrics = &self.stats;
         let Some(a) = self.table.get_mut(token.allocation) else {
@@ -469,7 +486,7 @@ impl<R: RelayIo> Engine<R> {
         a.traffic.to_client_packets += 1;
         a.traffic.to_client_bytes += data.len() as u64;
         metrics.relayed(Direction::peer_to_client, data.len());
-        Some(ToClient { tuple, len })
+        Some((tuple, len))
     }
 
     /// A TCP client connection closed: its allocation ends at once. (UDP has no close.)
@@ -595,7 +612,7 @@ impl<R: RelayIo> Engine<R> {
         metrics.relayed(Direction::client_to_peer, cd.data.len());
         metrics.framed(Framing::channel_data);
         match &a.relays[allocation::family_index(peer.ip())] {
-            Some(r) => Output::Relay {
+            Some(r) => Output::ToPeer {
                 socket: &r.socket,
                 peer,
                 data: cd.data,
@@ -611,7 +628,7 @@ impl<R: RelayIo> Engine<R> {
         }) {
             Some(len) => {
                 self.stats.binding_request(tuple.transport);
-                Output::Reply(len)
+                Output::ToClient { tuple: *tuple, len }
             }
             None => Output::None,
         }
@@ -620,6 +637,7 @@ impl<R: RelayIo> Engine<R> {
     fn error<'x>(
         &self,
         msg: &Message<'_>,
+        tuple: &FiveTuple,
         code: ErrorCode,
         unknown: &[AttrType],
         out: &mut [u8],
@@ -633,7 +651,7 @@ impl<R: RelayIo> Engine<R> {
             }
             Ok(())
         });
-        len.map_or(Output::None, Output::Reply)
+        len.map_or(Output::None, |len| Output::ToClient { tuple: *tuple, len })
     }
 
     /// Writes a response to `msg`: the body, SOFTWARE when configured, integrity under `key`

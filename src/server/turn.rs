@@ -106,7 +106,7 @@ impl<R: RelayIo> Engine<R> {
         if let Some(r) = refusal {
             self.stats.turn_request(method, false);
             self.log_refusal(now, tuple, msg, r);
-            return self.error(msg, r.code(), &[], out);
+            return self.error(msg, tuple, r.code(), &[], out);
         }
         let auth = match self.authenticate(now, tuple, msg, &*credentials) {
             Ok(a) => a,
@@ -159,7 +159,7 @@ impl<R: RelayIo> Engine<R> {
                 self.respond(msg, typ, out, key, |w| w.error_code(refusal.code()))
             }
         };
-        len.map_or(Output::None, Output::Reply)
+        len.map_or(Output::None, |len| Output::ToClient { tuple: *tuple, len })
     }
 
     /// Logs a refusal (rate-limited), naming the setting that would change it, if any.
@@ -290,7 +290,7 @@ impl<R: RelayIo> Engine<R> {
         let (code, failure) = match reject {
             Reject::BadRequest => {
                 self.log_auth(now, tuple, msg, AuthFailure::malformed);
-                return self.error(msg, ErrorCode::BAD_REQUEST, &[], out);
+                return self.error(msg, tuple, ErrorCode::BAD_REQUEST, &[], out);
             }
             Reject::Unauthorized(f) => (ErrorCode::UNAUTHORIZED, f),
             Reject::StaleNonce(f) => (ErrorCode::STALE_NONCE, Some(f)),
@@ -315,7 +315,7 @@ impl<R: RelayIo> Engine<R> {
             }
             Ok(())
         });
-        len.map_or(Output::None, Output::Reply)
+        len.map_or(Output::None, |len| Output::ToClient { tuple: *tuple, len })
     }
 
     fn log_auth(&mut self, now: Instant, tuple: &FiveTuple, msg: &Message<'_>, f: AuthFailure) {
@@ -756,7 +756,7 @@ impl<R: RelayIo> Engine<R> {
         metrics.relayed(Direction::client_to_peer, data.value.len());
         metrics.framed(Framing::send_indication);
         match &a.relays[family_index(peer.ip())] {
-            Some(r) => Output::Relay {
+            Some(r) => Output::ToPeer {
                 socket: &r.socket,
                 peer,
                 data: data.value,
