@@ -7,8 +7,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::relay::AllocationId;
+use super::io::AllocationId;
 use super::FiveTuple;
+use crate::proto::ChannelNumber;
 use crate::proto::TransactionId;
 
 /// Most permissions one allocation may hold; beyond, CreatePermission gets 508. This bounds
@@ -64,8 +65,8 @@ pub struct Allocation<S> {
     pub expires: Instant,
     /// Peer IP → expiry. Permissions are per IP address, any port (RFC 8656 §9).
     pub permissions: HashMap<IpAddr, Instant>,
-    pub channels: HashMap<u16, Channel>,
-    pub channel_by_peer: HashMap<SocketAddr, u16>,
+    pub channels: HashMap<ChannelNumber, Channel>,
+    pub channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
     pub traffic: Traffic,
     /// Relayed bytes per second (`bandwidth_per_allocation`).
     pub(crate) bandwidth: super::Bucket,
@@ -84,13 +85,13 @@ impl<S> Allocation<S> {
     }
 
     /// The active channel for `peer`, if any.
-    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+    pub fn channel_for(&self, peer: SocketAddr, now: Instant) -> Option<ChannelNumber> {
         let n = *self.channel_by_peer.get(&peer)?;
         self.channels.get(&n).filter(|c| now < c.expires).map(|_| n)
     }
 
     /// The peer of active channel `n`, if any.
-    pub fn channel_peer(&self, n: u16, now: Instant) -> Option<SocketAddr> {
+    pub fn channel_peer(&self, n: ChannelNumber, now: Instant) -> Option<SocketAddr> {
         self.channels.get(&n).filter(|c| now < c.expires).map(|c| c.peer)
     }
 

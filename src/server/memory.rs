@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use super::relay::{RelayIo, RelayToken};
+use super::io::{RelayIo, RelayToken};
 
 #[derive(Debug, Default)]
 struct State {

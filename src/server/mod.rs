@@ -12,12 +12,15 @@
 //! - after every `handle_*` call or batch of them, ask [`Engine::poll_timeout`] again and
 //!   sleep no later than it says; when that moment comes, call [`Engine::handle_timeout`].
 
+mod allocate;
 mod allocation;
+mod authenticate;
+pub mod io;
 mod limits;
 pub mod memory;
 pub mod policy;
 mod refusal;
-pub mod relay;
+mod relay;
 pub mod stats;
 pub mod testclient;
 mod turn;
@@ -31,15 +34,15 @@ use rand_chacha::ChaCha20Rng;
 
 pub use crate::types::{FiveTuple, Transport};
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
+pub use io::{AllocationId, PortRange, RelayIo, RelayToken};
 pub use limits::Quota;
 use limits::{Bucket, LogLimiter, SourceLimiter};
 pub use policy::PeerPolicy;
 pub use refusal::Refusal;
-pub use relay::{AllocationId, PortRange, RelayIo, RelayToken};
 
 use crate::auth::{CredentialSource, Credentials, NonceKey};
-use crate::proto::{AttrType, ChannelData, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
-use stats::{Direction, DropReason, Framing, Stats};
+use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
+use stats::{DropReason, Stats};
 
 /// The default allocation lifetime (RFC 8656 §2.2).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
@@ -285,19 +288,6 @@ impl<R: RelayIo> Engine<R> {
         self.shards = shards.max(1);
     }
 
-    /// Whether `n` relayed bytes fit in the allocation's and the shard's bandwidth.
-    fn bandwidth_ok(
-        bucket: &mut Bucket,
-        shard: &mut Bucket,
-        config: &EngineConfig,
-        shards: u32,
-        now: Instant,
-        n: usize,
-    ) -> bool {
-        bucket.take(now, config.bandwidth_per_allocation, n)
-            && shard.take(now, config.bandwidth_total / u64::from(shards), n)
-    }
-
     /// This engine's counters, which only its shard writes.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
@@ -440,55 +430,6 @@ impl<R: RelayIo> Engine<R> {
         }
     }
 
-    fn peer_to_client(
-        &mut self,
-        now: Instant,
-        token: RelayToken,
-        peer: SocketAddr,
-        data: &[u8],
-        out: &mut [u8],
-    ) -> Option<(FiveTuple, usize)> {
-        let next_tid = self.next_indication_tid();
-        let metrics = &self.stats;
-        let Some(a) = self.table.get_mut(token.allocation) else {
-            metrics.dropped(DropReason::no_allocation);
-            return None;
-        };
-        let peer = SocketAddr::new(policy::canonical(peer.ip()), peer.port());
-        if !a.has_permission(peer.ip(), now) {
-            metrics.dropped(DropReason::no_permission);
-            return None;
-        }
-        if !Self::bandwidth_ok(
-            &mut a.bandwidth,
-            &mut self.shard_bandwidth,
-            &self.config,
-            self.shards,
-            now,
-            data.len(),
-        ) {
-            metrics.dropped(DropReason::bandwidth);
-            return None;
-        }
-        let tuple = a.tuple;
-        let len = if let Some(ch) = a.channel_for(peer, now) {
-            let channel = crate::proto::ChannelNumber::new(ch)?;
-            metrics.framed(Framing::channel_data);
-            ChannelData::encode(channel, data, tuple.transport.is_stream(), out)?
-        } else {
-            metrics.framed(Framing::data_indication);
-            let typ = MessageType::new(Method::DATA, Class::Indication);
-            let mut w = MessageWriter::new(out, typ, next_tid).ok()?;
-            w.xor_address(AttrType::XOR_PEER_ADDRESS, peer).ok()?;
-            w.attr(AttrType::DATA, data).ok()?;
-            w.finish()
-        };
-        a.traffic.to_client_packets += 1;
-        a.traffic.to_client_bytes += data.len() as u64;
-        metrics.relayed(Direction::peer_to_client, data.len());
-        Some((tuple, len))
-    }
-
     /// A TCP client connection closed: its allocation ends at once. (UDP has no close.)
     pub fn handle_client_closed(&mut self, now: Instant, tuple: &FiveTuple) {
         if !tuple.transport.is_stream() {
@@ -573,52 +514,6 @@ impl<R: RelayIo> Engine<R> {
         let mut tid = [0u8; 12];
         tid.copy_from_slice(&v.to_le_bytes()[..12]);
         crate::proto::TransactionId(tid)
-    }
-
-    fn channel_data<'a>(&'a mut self, now: Instant, tuple: &FiveTuple, packet: &'a [u8]) -> Output<'a, R::Socket> {
-        let metrics = &self.stats;
-        let Ok(cd) = ChannelData::parse(packet) else {
-            metrics.dropped(DropReason::malformed);
-            return Output::None;
-        };
-        let Some(id) = self.table.id_for(tuple) else {
-            metrics.dropped(DropReason::no_allocation);
-            return Output::None;
-        };
-        let Some(a) = self.table.get_mut(id) else {
-            return Output::None;
-        };
-        let Some(peer) = a.channel_peer(cd.channel.get(), now) else {
-            metrics.dropped(DropReason::channel_unbound);
-            return Output::None;
-        };
-        if !a.has_permission(peer.ip(), now) {
-            metrics.dropped(DropReason::no_permission);
-            return Output::None;
-        }
-        if !Self::bandwidth_ok(
-            &mut a.bandwidth,
-            &mut self.shard_bandwidth,
-            &self.config,
-            self.shards,
-            now,
-            cd.data.len(),
-        ) {
-            metrics.dropped(DropReason::bandwidth);
-            return Output::None;
-        }
-        a.traffic.to_peer_packets += 1;
-        a.traffic.to_peer_bytes += cd.data.len() as u64;
-        metrics.relayed(Direction::client_to_peer, cd.data.len());
-        metrics.framed(Framing::channel_data);
-        match &a.relays[allocation::family_index(peer.ip())] {
-            Some(r) => Output::ToPeer {
-                socket: &r.socket,
-                peer,
-                data: cd.data,
-            },
-            None => Output::None,
-        }
     }
 
     fn binding<'x>(&mut self, msg: &Message<'_>, tuple: &FiveTuple, out: &mut [u8]) -> Output<'x, R::Socket> {

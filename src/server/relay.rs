@@ -1,84 +1,210 @@
-//! The seam between the engine and relay sockets. The engine decides which address and port
-//! to use; the driver's [`RelayIo`] binds the socket and hands back a handle that the
-//! engine's allocation owns, so dropping an allocation closes its sockets (nothing leaks).
+//! The relay path, both directions: ChannelData and Send indications from clients to peers,
+//! and datagrams from peers to clients as ChannelData or Data indications. Every relayed
+//! packet passes [`admit`], the one place that decides whether it may: a live permission for
+//! the peer, and room in the allocation's and the shard's bandwidth.
+//!
+//! Nothing here allocates: views borrow the packet, and frames are written into the driver's
+//! buffer.
 
-use std::io;
 use std::net::SocketAddr;
+use std::time::Instant;
 
-/// Identifies an allocation: a slot index and the generation of the allocation in it, so
-/// that a stale token never reaches a newer allocation in a reused slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AllocationId {
-    pub(crate) index: u32,
-    pub(crate) generation: u32,
+use super::allocation::{family_index, Allocation};
+use super::io::RelayToken;
+use super::limits::Bucket;
+use super::stats::{Direction, DropReason, Framing, Stats};
+use super::{policy, Engine, EngineConfig, FiveTuple, Output, RelayIo};
+use crate::proto::attr::decode_xor_address;
+use crate::proto::{AttrType, ChannelData, Class, Message, MessageType, MessageWriter, Method};
+
+/// The shard-wide limits a relayed packet is checked against, besides its allocation's.
+struct Shard<'e> {
+    bandwidth: &'e mut Bucket,
+    config: &'e EngineConfig,
+    shards: u32,
+    stats: &'e Stats,
 }
 
-/// Identifies one relay socket: its allocation, and which of its (at most two) relayed
-/// addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RelayToken {
-    pub allocation: AllocationId,
-    /// 0 for the IPv4 relayed address, 1 for IPv6.
-    pub family: u8,
-}
-
-/// Opens relay sockets for the engine.
-pub trait RelayIo {
-    /// Whatever the driver needs to send on the socket and to stop receiving from it when
-    /// dropped.
-    type Socket;
-
-    /// Binds a UDP socket to exactly `addr`. Datagrams it receives must be handed to
-    /// [`super::Engine::handle_peer`] with `token`. An `AddrInUse` error makes the engine try
-    /// another port.
-    fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<Self::Socket>;
-}
-
-/// An inclusive range of relay ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl PortRange {
-    pub const DEFAULT: PortRange = PortRange {
-        first: 49152,
-        last: 65535,
-    };
-
-    pub fn len(&self) -> u32 {
-        u32::from(self.last) - u32::from(self.first) + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// The `i`-th port of the range, wrapping around.
-    pub fn nth(&self, i: u32) -> u16 {
-        // len() >= 1 and the result is <= last, so the cast cannot truncate.
-        (u32::from(self.first) + i % self.len()) as u16
-    }
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid port range {s:?}: expected \"FIRST-LAST\", e.g. \"49152-65535\"");
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let first: u16 = a.trim().parse().map_err(|_| bad())?;
-        let last: u16 = b.trim().parse().map_err(|_| bad())?;
-        if first == 0 || first > last {
-            return Err(format!("invalid port range {s:?}: need 1 <= FIRST <= LAST <= 65535"));
+/// The engine's [`Shard`] limits, borrowed beside its allocation table.
+macro_rules! shard {
+    ($engine:ident) => {
+        Shard {
+            bandwidth: &mut $engine.shard_bandwidth,
+            config: &$engine.config,
+            shards: $engine.shards,
+            stats: &$engine.stats,
         }
-        Ok(PortRange { first, last })
+    };
+}
+
+/// Whether `len` relayed bytes to or from `peer` may pass on allocation `a`: a permission for
+/// the peer's address, and room in the allocation's and the shard's bandwidth. A refused
+/// packet is counted by reason; an admitted one in the allocation's traffic and the stats.
+fn admit<S>(
+    a: &mut Allocation<S>,
+    shard: Shard<'_>,
+    now: Instant,
+    peer: SocketAddr,
+    len: usize,
+    direction: Direction,
+    framing: Framing,
+) -> bool {
+    if !a.has_permission(peer.ip(), now) {
+        shard.stats.dropped(DropReason::no_permission);
+        return false;
+    }
+    let per_shard = shard.config.bandwidth_total / u64::from(shard.shards.max(1));
+    if !(a.bandwidth.take(now, shard.config.bandwidth_per_allocation, len) && shard.bandwidth.take(now, per_shard, len))
+    {
+        shard.stats.dropped(DropReason::bandwidth);
+        return false;
+    }
+    match direction {
+        Direction::client_to_peer => {
+            a.traffic.to_peer_packets += 1;
+            a.traffic.to_peer_bytes += len as u64;
+        }
+        Direction::peer_to_client => {
+            a.traffic.to_client_packets += 1;
+            a.traffic.to_client_bytes += len as u64;
+        }
+    }
+    shard.stats.relayed(direction, len);
+    shard.stats.framed(framing);
+    true
+}
+
+/// The peer as permissions know it: IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(policy::canonical(peer.ip()), peer.port())
+}
+
+impl<R: RelayIo> Engine<R> {
+    /// ChannelData from a client (RFC 8656 §12.4): the hot path. Four bytes of header, one
+    /// lookup of the 5-tuple, one of the channel, then [`admit`].
+    pub(super) fn channel_data<'a>(
+        &'a mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        packet: &'a [u8],
+    ) -> Output<'a, R::Socket> {
+        let Ok(cd) = ChannelData::parse(packet) else {
+            self.stats.dropped(DropReason::malformed);
+            return Output::None;
+        };
+        let Some(id) = self.table.id_for(tuple) else {
+            self.stats.dropped(DropReason::no_allocation);
+            return Output::None;
+        };
+        let shard = shard!(self);
+        let Some(a) = self.table.get_mut(id) else {
+            return Output::None;
+        };
+        let Some(peer) = a.channel_peer(cd.channel, now) else {
+            shard.stats.dropped(DropReason::channel_unbound);
+            return Output::None;
+        };
+        if !admit(
+            a,
+            shard,
+            now,
+            peer,
+            cd.data.len(),
+            Direction::client_to_peer,
+            Framing::channel_data,
+        ) {
+            return Output::None;
+        }
+        to_peer(a, peer, cd.data)
+    }
+
+    /// A Send indication from a client (RFC 8656 §11.2).
+    pub(super) fn send_indication<'a>(
+        &'a mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: Message<'a>,
+    ) -> Output<'a, R::Socket> {
+        let Some(id) = self.table.id_for(tuple) else {
+            self.stats.dropped(DropReason::no_allocation);
+            return Output::None;
+        };
+        let (Some(peer), Some(data)) = (
+            msg.get(AttrType::XOR_PEER_ADDRESS)
+                .and_then(|a| decode_xor_address(a.value, &msg.transaction_id()).ok()),
+            msg.get(AttrType::DATA),
+        ) else {
+            self.stats.dropped(DropReason::malformed);
+            return Output::None;
+        };
+        let peer = canonical(peer);
+        let shard = shard!(self);
+        let Some(a) = self.table.get_mut(id) else {
+            return Output::None;
+        };
+        if !admit(
+            a,
+            shard,
+            now,
+            peer,
+            data.value.len(),
+            Direction::client_to_peer,
+            Framing::send_indication,
+        ) {
+            return Output::None;
+        }
+        to_peer(a, peer, data.value)
+    }
+
+    /// A datagram relay socket `token` received from `peer`, framed for the client as
+    /// ChannelData when a channel is bound to the peer, else as a Data indication.
+    pub(super) fn peer_to_client(
+        &mut self,
+        now: Instant,
+        token: RelayToken,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Option<(FiveTuple, usize)> {
+        let tid = self.next_indication_tid();
+        let peer = canonical(peer);
+        let shard = shard!(self);
+        let Some(a) = self.table.get_mut(token.allocation) else {
+            shard.stats.dropped(DropReason::no_allocation);
+            return None;
+        };
+        let channel = a.channel_for(peer, now);
+        let framing = if channel.is_some() {
+            Framing::channel_data
+        } else {
+            Framing::data_indication
+        };
+        if !admit(a, shard, now, peer, data.len(), Direction::peer_to_client, framing) {
+            return None;
+        }
+        let tuple = a.tuple;
+        let len = match channel {
+            Some(channel) => ChannelData::encode(channel, data, tuple.transport.is_stream(), out)?,
+            None => {
+                let typ = MessageType::new(Method::DATA, Class::Indication);
+                let mut w = MessageWriter::new(out, typ, tid).ok()?;
+                w.xor_address(AttrType::XOR_PEER_ADDRESS, peer).ok()?;
+                w.attr(AttrType::DATA, data).ok()?;
+                w.finish()
+            }
+        };
+        Some((tuple, len))
     }
 }
 
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.first, self.last)
+/// Sends `data` to `peer` from the allocation's relay socket of the peer's family.
+fn to_peer<'a, S>(a: &'a Allocation<S>, peer: SocketAddr, data: &'a [u8]) -> Output<'a, S> {
+    match &a.relays[family_index(peer.ip())] {
+        Some(r) => Output::ToPeer {
+            socket: &r.socket,
+            peer,
+            data,
+        },
+        None => Output::None,
     }
 }
