@@ -675,10 +675,8 @@ fn dual_allocation_with_additional_address_family() {
 #[test]
 fn small_port_pool_is_exhausted_then_fully_reused() {
     let mut cfg = config();
-    cfg.relay_ports = PortRange {
-        first: 50000,
-        last: 50003,
-    };
+    cfg.relay_ports = PortRange::new(50000, 50003).unwrap();
+    assert_eq!(PortRange::new(50003, 50000), None, "a range cannot run backwards");
     cfg.max_allocations_per_user = 1000;
     let mut w = World::new(cfg);
     let mut clients: Vec<(TestClient, FiveTuple)> = Vec::new();
@@ -1078,4 +1076,37 @@ fn the_same_seed_replays_the_same_bytes_and_another_seed_draws_other_ports() {
     assert_eq!(a.last(), Some(&vec![0, 0]), "everything released at the end");
     let b = replay([2; 32]);
     assert_ne!(a[1], b[1], "the relay port comes from the seed");
+}
+
+#[test]
+fn refresh_and_allocate_read_requested_address_family_the_same_way() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5100);
+    success(&w.allocate(&mut c, &t));
+    // A family attribute is four bytes. Allocate always said so; Refresh now does too, with
+    // the same answer (440), and the allocation stays.
+    for value in [&[1u8][..], &[1, 0, 0, 0, 0, 0, 0, 0], &[3, 0, 0, 0]] {
+        let r = w.ask(&mut c, &t, |c| {
+            c.request(Method::REFRESH, |m| {
+                let _ = m.attr(AttrType::REQUESTED_ADDRESS_FAMILY, value);
+            })
+        });
+        assert_eq!(r.error, Some(440), "Refresh with family {value:?}");
+        let mut fresh = alice();
+        let r = w.ask(&mut fresh, &tuple(5101), |c| {
+            c.request(Method::ALLOCATE, |m| {
+                let _ = m.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                let _ = m.attr(AttrType::REQUESTED_ADDRESS_FAMILY, value);
+            })
+        });
+        assert_eq!(r.error, Some(440), "Allocate with family {value:?}");
+    }
+    assert_eq!(w.engine.allocation_count(), 1);
+    let r = w.ask(&mut c, &t, |c| {
+        c.request(Method::REFRESH, |m| {
+            let _ = m.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+        })
+    });
+    success(&r);
 }

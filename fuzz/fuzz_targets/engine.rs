@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let config = EngineConfig {
         realm: REALM.into(),
         relay_addresses: vec![IpAddr::from([10, 0, 0, 1]), "fd00::1".parse().unwrap()],
-        relay_ports: PortRange { first: 40000, last: 40007 },
+        relay_ports: PortRange::new(40000, 40007).unwrap(),
         max_allocations_per_user: 6,
         max_allocations: 8,
         peers: PeerPolicy::new(vec!["10.0.0.0/8".parse().unwrap()]),

@@ -1,9 +1,10 @@
-//! STUN message parsing: any bytes, never a panic; whatever parses re-verifies consistently.
+//! STUN message parsing: any bytes, never a panic; whatever parses re-verifies consistently,
+//! and decodes into the typed TURN view.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use turnd::proto::attr::{decode_address, decode_error_code, decode_text, decode_u32, decode_unknown_attributes, decode_xor_address};
-use turnd::proto::Message;
+use turnd::proto::{Message, TurnAttributes};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::parse(data) {
@@ -18,6 +19,10 @@ fuzz_target!(|data: &[u8]| {
                 it.for_each(drop);
             }
         }
+        // The typed view keeps peers in order and never more than it has room for.
+        let view = TurnAttributes::decode(&m);
+        let decoded = view.peers.iter().take_while(|p| p.is_some()).count();
+        assert!(view.peers[decoded..].iter().all(Option::is_none));
         let _ = m.verify_integrity(b"key");
         let _ = m.verify_integrity_sha256(b"key");
     }

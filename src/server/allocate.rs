@@ -13,8 +13,7 @@ use super::io::RelayToken;
 use super::refusal::Refusal;
 use super::turn::Outcome;
 use super::{EndReason, Engine, FiveTuple, RelayIo, DEFAULT_LIFETIME};
-use crate::proto::attr::decode_u32;
-use crate::proto::{AttrType, Message};
+use crate::proto::{Family, Field, TransactionId, TurnAttributes};
 
 /// UDP, the only relay transport (REQUESTED-TRANSPORT value).
 const PROTO_UDP: u8 = 17;
@@ -25,11 +24,12 @@ pub(super) fn lifetime_secs(d: Duration) -> u32 {
 
 impl<R: RelayIo> Engine<R> {
     /// RFC 8656 §7.2 and §8.2: the desired lifetime.
-    fn desired_lifetime(&self, msg: &Message<'_>) -> Result<Duration, Refusal> {
-        let Some(a) = msg.get(AttrType::LIFETIME) else {
-            return Ok(DEFAULT_LIFETIME);
+    fn desired_lifetime(&self, lifetime: Field<u32>) -> Result<Duration, Refusal> {
+        let secs = match lifetime {
+            Field::Absent => return Ok(DEFAULT_LIFETIME),
+            Field::Malformed => return Err(Refusal::MalformedLifetime),
+            Field::Present(secs) => secs,
         };
-        let secs = decode_u32(a.value).map_err(|_| Refusal::MalformedLifetime)?;
         if secs == 0 {
             return Ok(Duration::ZERO);
         }
@@ -42,13 +42,14 @@ impl<R: RelayIo> Engine<R> {
         &mut self,
         now: Instant,
         tuple: &FiveTuple,
-        msg: &Message<'_>,
+        tid: TransactionId,
+        attrs: &TurnAttributes<'_>,
         auth: &Auth<'_>,
     ) -> Result<Outcome, Refusal> {
         if let Some(id) = self.table.id_for(tuple) {
             // A retransmitted Allocate gets the same answer again; anything else is 437.
             if let Some(a) = self.table.get(id) {
-                if a.allocate_tid == msg.transaction_id() && &*a.username == auth.username {
+                if a.allocate_tid == tid && &*a.username == auth.username {
                     let relayed = [0, 1].map(|i| a.relays[i].as_ref().map(|r| r.advertised));
                     let left = a.expires.saturating_duration_since(now);
                     return Ok(Outcome::Allocated {
@@ -63,47 +64,38 @@ impl<R: RelayIo> Engine<R> {
         if self.config.draining {
             return Err(Refusal::Draining);
         }
-        let transport = msg
-            .get(AttrType::REQUESTED_TRANSPORT)
-            .ok_or(Refusal::MissingTransport)?;
-        if transport.value.len() != 4 {
-            return Err(Refusal::MalformedTransport);
+        match attrs.requested_transport {
+            Field::Absent => return Err(Refusal::MissingTransport),
+            Field::Malformed => return Err(Refusal::MalformedTransport),
+            Field::Present(PROTO_UDP) => {}
+            Field::Present(_) => return Err(Refusal::UnsupportedTransport),
         }
-        if transport.value[0] != PROTO_UDP {
-            return Err(Refusal::UnsupportedTransport);
-        }
-        let requested_family = msg.get(AttrType::REQUESTED_ADDRESS_FAMILY);
-        let additional_family = msg.get(AttrType::ADDITIONAL_ADDRESS_FAMILY);
-        let even_port = msg.get(AttrType::EVEN_PORT);
-        if msg.get(AttrType::RESERVATION_TOKEN).is_some() {
-            if even_port.is_some() || requested_family.is_some() {
+        let requested_family = attrs.requested_family;
+        if attrs.reservation_token.is_given() {
+            if attrs.even_port.is_given() || requested_family.is_given() {
                 return Err(Refusal::TokenWithOthers);
             }
             // This server never reserves ports, so no token can be valid (RFC 8656 §7.2).
             return Err(Refusal::UnknownToken);
         }
-        let even = match even_port {
-            None => false,
-            Some(a) if a.value.is_empty() => return Err(Refusal::MalformedEvenPort),
+        let even = match attrs.even_port {
+            Field::Absent => false,
+            Field::Malformed => return Err(Refusal::MalformedEvenPort),
             // R bit: reserving the next port is not offered, so the request cannot be met.
-            Some(a) if a.value[0] & 0x80 != 0 => return Err(Refusal::EvenPortReservation),
-            Some(_) => true,
+            Field::Present(true) => return Err(Refusal::EvenPortReservation),
+            Field::Present(false) => true,
         };
         // Which families: [IPv4 wanted, IPv6 wanted], and whether IPv6 is only "additional".
-        let (families, dual) = match (requested_family, additional_family) {
-            (Some(_), Some(_)) => return Err(Refusal::BothFamilies),
-            (Some(a), None) => match a.value.first() {
-                Some(0x01) if a.value.len() == 4 => ([true, false], false),
-                Some(0x02) if a.value.len() == 4 => ([false, true], false),
-                _ => return Err(Refusal::UnknownFamily),
-            },
-            (None, Some(a)) => match a.value.first() {
-                Some(0x02) if a.value.len() == 4 => ([true, true], true),
-                _ => return Err(Refusal::AdditionalNotIpv6),
-            },
-            (None, None) => ([true, false], false),
+        let (families, dual) = match (requested_family, attrs.additional_family) {
+            (Field::Absent, Field::Absent) => ([true, false], false),
+            (Field::Present(Family::V4), Field::Absent) => ([true, false], false),
+            (Field::Present(Family::V6), Field::Absent) => ([false, true], false),
+            (Field::Malformed, Field::Absent) => return Err(Refusal::UnknownFamily),
+            (Field::Absent, Field::Present(Family::V6)) => ([true, true], true),
+            (Field::Absent, _) => return Err(Refusal::AdditionalNotIpv6),
+            (_, _) => return Err(Refusal::BothFamilies),
         };
-        let lifetime = match self.desired_lifetime(msg)? {
+        let lifetime = match self.desired_lifetime(attrs.lifetime)? {
             Duration::ZERO => DEFAULT_LIFETIME,
             d => d,
         };
@@ -143,7 +135,7 @@ impl<R: RelayIo> Engine<R> {
         let a = Allocation {
             tuple: *tuple,
             username: auth.username.into(),
-            allocate_tid: msg.transaction_id(),
+            allocate_tid: tid,
             relays,
             created: now,
             expires: now + lifetime,
@@ -231,17 +223,14 @@ impl<R: RelayIo> Engine<R> {
         &mut self,
         now: Instant,
         tuple: &FiveTuple,
-        msg: &Message<'_>,
+        attrs: &TurnAttributes<'_>,
         auth: &Auth<'_>,
     ) -> Result<Outcome, Refusal> {
         let id = self.own_allocation(tuple, auth)?;
-        let lifetime = self.desired_lifetime(msg)?;
-        if let Some(f) = msg.get(AttrType::REQUESTED_ADDRESS_FAMILY) {
-            let i = match f.value.first() {
-                Some(0x01) => 0,
-                Some(0x02) => 1,
-                _ => return Err(Refusal::UnknownFamily),
-            };
+        let lifetime = self.desired_lifetime(attrs.lifetime)?;
+        if attrs.requested_family.is_given() {
+            // The same decoder as Allocate's: four bytes, IPv4 or IPv6.
+            let i = attrs.requested_family.ok().ok_or(Refusal::UnknownFamily)?.index();
             let a = self.table.get_mut(id).ok_or(Refusal::NoAllocation)?;
             if a.relays[i].is_none() {
                 return Err(Refusal::RefreshFamily);

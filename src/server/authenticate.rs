@@ -6,17 +6,12 @@ use std::time::Instant;
 use super::stats::AuthFailure;
 use super::{Engine, FiveTuple, Output, RelayIo};
 use crate::auth::{Verdict, NONCE_LEN};
-use crate::proto::attr::decode_text;
-use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType};
+use crate::proto::{AttrType, Class, ErrorCode, Field, Message, MessageType, TurnAttributes};
 
 /// PASSWORD-ALGORITHMS as sent in 401 and 438: SHA-256 first (preferred), then MD5.
 const PASSWORD_ALGORITHMS: [u8; 8] = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
 const ALG_MD5: u16 = 0x0001;
 const ALG_SHA256: u16 = 0x0002;
-
-/// USERNAME is limited to 513 bytes, REALM and NONCE to 763 (RFC 8489 §14).
-pub(super) const MAX_USERNAME: usize = 513;
-const MAX_REALM: usize = 763;
 
 /// How a request authenticated.
 pub(super) struct Auth<'m> {
@@ -50,17 +45,14 @@ impl<R: RelayIo> Engine<R> {
         now: Instant,
         tuple: &FiveTuple,
         msg: &Message<'m>,
+        attrs: &TurnAttributes<'m>,
         credentials: &dyn crate::auth::CredentialSource,
     ) -> Result<Auth<'m>, Reject> {
         if !msg.has_integrity() && !msg.has_integrity_sha256() {
             return Err(Reject::Unauthorized(None));
         }
-        let text = |t: AttrType, max: usize| msg.get(t).and_then(|a| decode_text(a.value, max).ok());
-        let (Some(username), Some(realm), Some(nonce)) = (
-            text(AttrType::USERNAME, MAX_USERNAME),
-            text(AttrType::REALM, MAX_REALM),
-            msg.get(AttrType::NONCE).map(|a| a.value),
-        ) else {
+        let (Some(username), Some(realm), Some(nonce)) = (attrs.username.ok(), attrs.realm.ok(), attrs.nonce.ok())
+        else {
             self.stats.auth_failure(AuthFailure::malformed);
             return Err(Reject::BadRequest);
         };
@@ -75,13 +67,9 @@ impl<R: RelayIo> Engine<R> {
         }
         // PASSWORD-ALGORITHMS must echo ours and PASSWORD-ALGORITHM pick one of them; both or
         // neither (RFC 8489 §9.2.4 item on the nonce cookie).
-        let algorithm = match (
-            msg.get(AttrType::PASSWORD_ALGORITHMS),
-            msg.get(AttrType::PASSWORD_ALGORITHM),
-        ) {
-            (None, None) => ALG_MD5,
-            (Some(list), Some(alg)) if list.value == PASSWORD_ALGORITHMS && alg.value.len() >= 4 => {
-                let a = u16::from_be_bytes([alg.value[0], alg.value[1]]);
+        let algorithm = match (attrs.password_algorithms, attrs.password_algorithm) {
+            (Field::Absent, Field::Absent) => ALG_MD5,
+            (Field::Present(list), Field::Present(a)) if list == PASSWORD_ALGORITHMS => {
                 if a != ALG_MD5 && a != ALG_SHA256 {
                     self.stats.auth_failure(AuthFailure::malformed);
                     return Err(Reject::BadRequest);
@@ -130,12 +118,13 @@ impl<R: RelayIo> Engine<R> {
         now: Instant,
         tuple: &FiveTuple,
         msg: &Message<'_>,
+        user: &str,
         reject: Reject,
         out: &mut [u8],
     ) -> Output<'x, R::Socket> {
         let (code, failure) = match reject {
             Reject::BadRequest => {
-                self.log_auth(now, tuple, msg, AuthFailure::malformed);
+                self.log_auth(now, tuple, user, AuthFailure::malformed);
                 return self.error(msg, tuple, ErrorCode::BAD_REQUEST, &[], out);
             }
             Reject::Unauthorized(f) => (ErrorCode::UNAUTHORIZED, f),
@@ -143,7 +132,7 @@ impl<R: RelayIo> Engine<R> {
         };
         if let Some(f) = failure {
             self.stats.auth_failure(f);
-            self.log_auth(now, tuple, msg, f);
+            self.log_auth(now, tuple, user, f);
         }
         let expiry = self.clock.unix_secs(now) + self.config.nonce_lifetime.as_secs();
         let offer = self.config.password_algorithms;
@@ -164,12 +153,8 @@ impl<R: RelayIo> Engine<R> {
         len.map_or(Output::None, |len| Output::ToClient { tuple: *tuple, len })
     }
 
-    fn log_auth(&mut self, now: Instant, tuple: &FiveTuple, msg: &Message<'_>, f: AuthFailure) {
+    fn log_auth(&mut self, now: Instant, tuple: &FiveTuple, user: &str, f: AuthFailure) {
         if let Some(suppressed) = self.log_limiter.allow(now) {
-            let user = msg
-                .get(AttrType::USERNAME)
-                .and_then(|a| decode_text(a.value, MAX_USERNAME).ok())
-                .unwrap_or("");
             tracing::info!(
                 event = "auth failure",
                 reason = ?f,

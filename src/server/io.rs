@@ -34,11 +34,12 @@ pub trait RelayIo {
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<Self::Socket>;
 }
 
-/// An inclusive range of relay ports.
+/// An inclusive, non-empty range of relay ports: `first <= last` holds by construction, so
+/// its length cannot underflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
+    first: u16,
+    last: u16,
 }
 
 impl PortRange {
@@ -46,6 +47,23 @@ impl PortRange {
         first: 49152,
         last: 65535,
     };
+
+    /// The ports `first..=last`; `None` unless `1 <= first <= last`.
+    pub const fn new(first: u16, last: u16) -> Option<PortRange> {
+        if first == 0 || first > last {
+            None
+        } else {
+            Some(PortRange { first, last })
+        }
+    }
+
+    pub fn first(&self) -> u16 {
+        self.first
+    }
+
+    pub fn last(&self) -> u16 {
+        self.last
+    }
 
     pub fn len(&self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
@@ -70,10 +88,7 @@ impl std::str::FromStr for PortRange {
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
         let first: u16 = a.trim().parse().map_err(|_| bad())?;
         let last: u16 = b.trim().parse().map_err(|_| bad())?;
-        if first == 0 || first > last {
-            return Err(format!("invalid port range {s:?}: need 1 <= FIRST <= LAST <= 65535"));
-        }
-        Ok(PortRange { first, last })
+        PortRange::new(first, last).ok_or_else(|| format!("invalid port range {s:?}: need 1 <= FIRST <= LAST <= 65535"))
     }
 }
 

@@ -14,8 +14,7 @@ use super::io::RelayToken;
 use super::limits::Bucket;
 use super::stats::{Direction, DropReason, Framing, Stats};
 use super::{policy, Engine, EngineConfig, FiveTuple, Output, RelayIo};
-use crate::proto::attr::decode_xor_address;
-use crate::proto::{AttrType, ChannelData, Class, Message, MessageType, MessageWriter, Method};
+use crate::proto::{AttrType, ChannelData, Class, Message, MessageType, MessageWriter, Method, TurnAttributes};
 
 /// The shard-wide limits a relayed packet is checked against, besides its allocation's.
 struct Shard<'e> {
@@ -129,11 +128,8 @@ impl<R: RelayIo> Engine<R> {
             self.stats.dropped(DropReason::no_allocation);
             return Output::None;
         };
-        let (Some(peer), Some(data)) = (
-            msg.get(AttrType::XOR_PEER_ADDRESS)
-                .and_then(|a| decode_xor_address(a.value, &msg.transaction_id()).ok()),
-            msg.get(AttrType::DATA),
-        ) else {
+        let attrs = TurnAttributes::decode(&msg);
+        let (Some(peer), Some(data)) = (attrs.peer(), attrs.data.ok()) else {
             self.stats.dropped(DropReason::malformed);
             return Output::None;
         };
@@ -147,13 +143,13 @@ impl<R: RelayIo> Engine<R> {
             shard,
             now,
             peer,
-            data.value.len(),
+            data.len(),
             Direction::client_to_peer,
             Framing::send_indication,
         ) {
             return Output::None;
         }
-        to_peer(a, peer, data.value)
+        to_peer(a, peer, data)
     }
 
     /// A datagram relay socket `token` received from `peer`, framed for the client as

@@ -6,13 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::allocation::{family_index, Channel, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
-use super::authenticate::{Auth, MAX_USERNAME};
+use super::authenticate::Auth;
 use super::io::AllocationId;
 use super::refusal::Refusal;
 use super::stats::{AuthFailure, TurnMethod};
 use super::{policy, Engine, FiveTuple, Output, RelayIo};
-use crate::proto::attr::{decode_text, decode_xor_address};
-use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, Method};
+use crate::proto::request::{PeersError, MAX_PEERS};
+use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, Method, TurnAttributes};
 
 /// A request's outcome: a success body to write, or an error code.
 pub(super) enum Outcome {
@@ -49,11 +49,10 @@ impl<R: RelayIo> Engine<R> {
         // authentication, with a small error instead of a larger challenge: this caps what a
         // spoofed request can reflect (RFC 8656 would authenticate first; the answer would be
         // the same).
+        let attrs = TurnAttributes::decode(msg);
+        let user = attrs.username.ok().unwrap_or("");
         let has_allocation = self.table.id_for(tuple).is_some();
-        let refusal = if msg.method() == Method::ALLOCATE
-            && msg.get(AttrType::REQUESTED_TRANSPORT).is_none()
-            && !has_allocation
-        {
+        let refusal = if msg.method() == Method::ALLOCATE && !attrs.requested_transport.is_given() && !has_allocation {
             Some(Refusal::MissingTransport)
         } else if msg.method() != Method::ALLOCATE && !has_allocation {
             Some(Refusal::NoAllocation)
@@ -64,21 +63,21 @@ impl<R: RelayIo> Engine<R> {
         let refusal = refusal.or((!credentials.is_configured()).then_some(Refusal::RelayDisabled));
         if let Some(r) = refusal {
             self.stats.turn_request(method, false);
-            self.log_refusal(now, tuple, msg, r);
+            self.log_refusal(now, tuple, method, user, r);
             return self.error(msg, tuple, r.code(), &[], out);
         }
-        let auth = match self.authenticate(now, tuple, msg, &*credentials) {
+        let auth = match self.authenticate(now, tuple, msg, &attrs, &*credentials) {
             Ok(a) => a,
             Err(reject) => {
                 self.stats.turn_request(method, false);
-                return self.reject(now, tuple, msg, reject, out);
+                return self.reject(now, tuple, msg, user, reject, out);
             }
         };
         let result = match msg.method() {
-            Method::ALLOCATE => self.allocate(now, tuple, msg, &auth),
-            Method::REFRESH => self.refresh(now, tuple, msg, &auth),
-            Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth),
-            _ => self.channel_bind(now, tuple, msg, &auth),
+            Method::ALLOCATE => self.allocate(now, tuple, msg.transaction_id(), &attrs, &auth),
+            Method::REFRESH => self.refresh(now, tuple, &attrs, &auth),
+            Method::CREATE_PERMISSION => self.create_permission(now, tuple, &attrs, &auth),
+            _ => self.channel_bind(now, tuple, &attrs, &auth),
         };
         self.stats.turn_request(method, result.is_ok());
         self.signed_reply = true;
@@ -113,7 +112,7 @@ impl<R: RelayIo> Engine<R> {
                 })
             }
             Err(refusal) => {
-                self.log_refusal(now, tuple, msg, refusal);
+                self.log_refusal(now, tuple, method, user, refusal);
                 let typ = MessageType::new(msg.method(), Class::Error);
                 self.respond(msg, typ, out, key, |w| w.error_code(refusal.code()))
             }
@@ -122,17 +121,13 @@ impl<R: RelayIo> Engine<R> {
     }
 
     /// Logs a refusal (rate-limited), naming the setting that would change it, if any.
-    fn log_refusal(&mut self, now: Instant, tuple: &FiveTuple, msg: &Message<'_>, refusal: Refusal) {
+    fn log_refusal(&mut self, now: Instant, tuple: &FiveTuple, method: TurnMethod, user: &str, refusal: Refusal) {
         if let Some(suppressed) = self.log_limiter.allow(now) {
-            let user = msg
-                .get(AttrType::USERNAME)
-                .and_then(|a| decode_text(a.value, MAX_USERNAME).ok())
-                .unwrap_or("");
             let why = refusal.reason();
             match refusal.setting() {
                 Some(setting) => tracing::info!(
                     event = "request refused",
-                    method = ?method_label(msg.method()),
+                    method = method.as_str(),
                     code = refusal.code().0,
                     reason = why,
                     setting,
@@ -144,7 +139,7 @@ impl<R: RelayIo> Engine<R> {
                 ),
                 None => tracing::info!(
                     event = "request refused",
-                    method = ?method_label(msg.method()),
+                    method = method.as_str(),
                     code = refusal.code().0,
                     reason = why,
                     user,
@@ -208,22 +203,23 @@ impl<R: RelayIo> Engine<R> {
         &mut self,
         now: Instant,
         tuple: &FiveTuple,
-        msg: &Message<'_>,
+        attrs: &TurnAttributes<'_>,
         auth: &Auth<'_>,
     ) -> Result<Outcome, Refusal> {
         let id = self.own_allocation(tuple, auth)?;
-        let tid = msg.transaction_id();
-        let mut peers = [None::<SocketAddr>; 16];
+        let mut peers = [None::<SocketAddr>; MAX_PEERS];
         let mut n = 0;
-        for a in msg.attributes().filter(|a| a.typ == AttrType::XOR_PEER_ADDRESS) {
-            let peer = decode_xor_address(a.value, &tid).map_err(|_| Refusal::MalformedPeer)?;
-            let slot = peers.get_mut(n).ok_or(Refusal::TooManyPeers)?;
-            // All or nothing: check every peer before installing any (RFC 8656 §10.2).
+        // All or nothing: check every peer before installing any (RFC 8656 §10.2), in order,
+        // up to the first one that did not decode.
+        for (slot, peer) in peers.iter_mut().zip(attrs.peers.iter().map_while(|p| *p)) {
             *slot = Some(self.check_peer(id, peer)?);
             n += 1;
         }
-        if n == 0 {
-            return Err(Refusal::MissingPeer);
+        match attrs.peers_error {
+            Some(PeersError::Malformed) => return Err(Refusal::MalformedPeer),
+            Some(PeersError::TooMany) => return Err(Refusal::TooManyPeers),
+            None if n == 0 => return Err(Refusal::MissingPeer),
+            None => {}
         }
         self.room_for_permissions(id, &peers[..n])?;
         for peer in peers.into_iter().flatten() {
@@ -237,23 +233,16 @@ impl<R: RelayIo> Engine<R> {
         &mut self,
         now: Instant,
         tuple: &FiveTuple,
-        msg: &Message<'_>,
+        attrs: &TurnAttributes<'_>,
         auth: &Auth<'_>,
     ) -> Result<Outcome, Refusal> {
         let id = self.own_allocation(tuple, auth)?;
-        let number = msg
-            .get(AttrType::CHANNEL_NUMBER)
-            .filter(|a| a.value.len() == 4)
-            .map(|a| u16::from_be_bytes([a.value[0], a.value[1]]))
-            .ok_or(Refusal::MalformedChannel)?;
+        let number = attrs.channel_number.ok().ok_or(Refusal::MalformedChannel)?;
         // Validated once here; from now on the number is a `ChannelNumber`.
         let number = crate::proto::ChannelNumber::new(number)
             .filter(|n| n.get() <= self.config.max_channel)
             .ok_or(Refusal::ChannelRange)?;
-        let peer = msg
-            .get(AttrType::XOR_PEER_ADDRESS)
-            .and_then(|a| decode_xor_address(a.value, &msg.transaction_id()).ok())
-            .ok_or(Refusal::MalformedPeer)?;
+        let peer = attrs.peer().ok_or(Refusal::MalformedPeer)?;
         let peer = self.check_peer(id, peer)?;
         self.room_for_permissions(id, &[Some(peer)])?;
         let a = self.table.get_mut(id).ok_or(Refusal::NoAllocation)?;

@@ -1,0 +1,207 @@
+//! A typed view of a TURN request's attributes, decoded in one pass (str0m's `Attributes<'a>`
+//! is the model). Handlers read fields, never attribute bytes. Each field records whether its
+//! attribute was absent, malformed or well-formed, so a handler still answers each case in
+//! the order the RFC gives, after authentication.
+
+use std::net::SocketAddr;
+
+use super::attr::{decode_text, decode_u32, decode_xor_address};
+use super::{AttrType, Message};
+
+/// USERNAME is limited to 513 bytes, REALM and NONCE to 763 (RFC 8489 §14).
+pub const MAX_USERNAME: usize = 513;
+pub const MAX_REALM: usize = 763;
+/// XOR-PEER-ADDRESS attributes one CreatePermission may carry.
+pub const MAX_PEERS: usize = 16;
+
+/// One attribute of a request: the first of its type that counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    /// Present, but its value does not decode.
+    Malformed,
+    Present(T),
+}
+
+impl<T> Field<T> {
+    /// True when the attribute is there, well-formed or not.
+    pub fn is_given(&self) -> bool {
+        !matches!(self, Field::Absent)
+    }
+
+    /// The value, if present and well-formed.
+    pub fn ok(self) -> Option<T> {
+        match self {
+            Field::Present(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, decoded: Option<T>) {
+        if let Field::Absent = self {
+            *self = decoded.map_or(Field::Malformed, Field::Present);
+        }
+    }
+}
+
+/// Address families as REQUESTED-ADDRESS-FAMILY names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Index into per-family arrays: 0 for IPv4, 1 for IPv6.
+    pub fn index(self) -> usize {
+        match self {
+            Family::V4 => 0,
+            Family::V6 => 1,
+        }
+    }
+}
+
+/// Decodes a 4-byte family attribute (RFC 8656 §18.6 and §18.12).
+fn family(value: &[u8]) -> Option<Family> {
+    match value {
+        [0x01, _, _, _] => Some(Family::V4),
+        [0x02, _, _, _] => Some(Family::V6),
+        _ => None,
+    }
+}
+
+/// Why the XOR-PEER-ADDRESS list stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeersError {
+    /// The next one did not decode.
+    Malformed,
+    /// There were more than [`MAX_PEERS`].
+    TooMany,
+}
+
+/// The attributes of a TURN request or indication, decoded.
+#[derive(Debug, Clone, Default)]
+pub struct TurnAttributes<'a> {
+    pub username: Field<&'a str>,
+    pub realm: Field<&'a str>,
+    pub nonce: Field<&'a [u8]>,
+    pub password_algorithms: Field<&'a [u8]>,
+    pub password_algorithm: Field<u16>,
+    pub lifetime: Field<u32>,
+    /// The protocol number of REQUESTED-TRANSPORT.
+    pub requested_transport: Field<u8>,
+    pub requested_family: Field<Family>,
+    pub additional_family: Field<Family>,
+    /// EVEN-PORT, with its R (reserve the next port) bit.
+    pub even_port: Field<bool>,
+    pub reservation_token: Field<&'a [u8]>,
+    pub channel_number: Field<u16>,
+    /// XOR-PEER-ADDRESS values in order, as far as they decoded.
+    pub peers: [Option<SocketAddr>; MAX_PEERS],
+    /// What ended the list early, if anything did: it comes right after the last decoded one.
+    pub peers_error: Option<PeersError>,
+    pub data: Field<&'a [u8]>,
+}
+
+impl<'a> TurnAttributes<'a> {
+    /// Walks the attributes of `msg` once.
+    pub fn decode(msg: &Message<'a>) -> Self {
+        let tid = msg.transaction_id();
+        let mut v = TurnAttributes::default();
+        let mut n_peers = 0;
+        for a in msg.attributes() {
+            let value = a.value;
+            match a.typ {
+                AttrType::USERNAME => v.username.set(decode_text(value, MAX_USERNAME).ok()),
+                AttrType::REALM => v.realm.set(decode_text(value, MAX_REALM).ok()),
+                AttrType::NONCE => v.nonce.set(Some(value)),
+                AttrType::PASSWORD_ALGORITHMS => v.password_algorithms.set(Some(value)),
+                AttrType::PASSWORD_ALGORITHM => v
+                    .password_algorithm
+                    .set(value.get(..4).map(|b| u16::from_be_bytes([b[0], b[1]]))),
+                AttrType::LIFETIME => v.lifetime.set(decode_u32(value).ok()),
+                AttrType::REQUESTED_TRANSPORT => v
+                    .requested_transport
+                    .set(matches!(value, [_, _, _, _]).then(|| value[0])),
+                AttrType::REQUESTED_ADDRESS_FAMILY => v.requested_family.set(family(value)),
+                AttrType::ADDITIONAL_ADDRESS_FAMILY => v.additional_family.set(family(value)),
+                AttrType::EVEN_PORT => v.even_port.set(value.first().map(|b| b & 0x80 != 0)),
+                AttrType::RESERVATION_TOKEN => v.reservation_token.set(Some(value)),
+                AttrType::CHANNEL_NUMBER => v
+                    .channel_number
+                    .set(matches!(value, [_, _, _, _]).then(|| u16::from_be_bytes([value[0], value[1]]))),
+                AttrType::DATA => v.data.set(Some(value)),
+                AttrType::XOR_PEER_ADDRESS if v.peers_error.is_none() => match decode_xor_address(value, &tid) {
+                    Err(_) => v.peers_error = Some(PeersError::Malformed),
+                    Ok(peer) => match v.peers.get_mut(n_peers) {
+                        Some(slot) => {
+                            *slot = Some(peer);
+                            n_peers += 1;
+                        }
+                        None => v.peers_error = Some(PeersError::TooMany),
+                    },
+                },
+                _ => {}
+            }
+        }
+        v
+    }
+
+    /// The first XOR-PEER-ADDRESS, if it decoded.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peers[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Class, MessageType, MessageWriter, Method, TransactionId};
+
+    fn request(body: impl FnOnce(&mut MessageWriter<'_>)) -> Vec<u8> {
+        let mut buf = [0u8; 512];
+        let typ = MessageType::new(Method::ALLOCATE, Class::Request);
+        let mut w = MessageWriter::new(&mut buf, typ, TransactionId([4; 12])).unwrap();
+        body(&mut w);
+        let n = w.finish();
+        buf[..n].to_vec()
+    }
+
+    #[test]
+    fn each_field_is_absent_malformed_or_present_and_the_first_one_counts() {
+        let bytes = request(|w| {
+            w.attr_u32(AttrType::LIFETIME, 900).unwrap();
+            w.attr_u32(AttrType::LIFETIME, 5).unwrap();
+            w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0]).unwrap();
+            w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[0x02, 0, 0, 0]).unwrap();
+            w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[0x02]).unwrap();
+            w.attr(AttrType::EVEN_PORT, &[0x80]).unwrap();
+        });
+        let msg = Message::parse(&bytes).unwrap();
+        let v = TurnAttributes::decode(&msg);
+        assert_eq!(v.lifetime, Field::Present(900));
+        assert_eq!(v.requested_transport, Field::Malformed, "three bytes");
+        assert_eq!(v.requested_family, Field::Present(Family::V6));
+        assert_eq!(v.additional_family, Field::Malformed, "a family is four bytes");
+        assert_eq!(v.even_port, Field::Present(true));
+        assert_eq!(v.channel_number, Field::Absent);
+        assert!(!v.username.is_given());
+    }
+
+    #[test]
+    fn peers_decode_in_order_up_to_the_first_bad_one() {
+        let a: SocketAddr = "198.18.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::1]:2000".parse().unwrap();
+        let bytes = request(|w| {
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, a).unwrap();
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, b).unwrap();
+            w.attr(AttrType::XOR_PEER_ADDRESS, &[0, 1, 2]).unwrap();
+            w.xor_address(AttrType::XOR_PEER_ADDRESS, a).unwrap();
+        });
+        let v = TurnAttributes::decode(&Message::parse(&bytes).unwrap());
+        assert_eq!(&v.peers[..3], &[Some(a), Some(b), None]);
+        assert_eq!(v.peers_error, Some(PeersError::Malformed));
+        assert_eq!(v.peer(), Some(a));
+    }
+}
