@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod server;
+pub mod sys;
 pub mod types;

@@ -1,8 +1,13 @@
-//! The small identity types every layer shares: the client transport and the 5-tuple. This
+//! The small types every layer shares: the client transport, the 5-tuple, the relay port
+//! range and the default allocation lifetime. This
 //! module imports nothing from the crate, so `proto`, `server`, `auth`, `metrics` and `net`
 //! can all depend on it without depending on each other.
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The default allocation lifetime (RFC 8656 §2.2).
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 
 /// The client-side transport a packet arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,4 +41,68 @@ pub struct FiveTuple {
     pub transport: Transport,
     pub client: SocketAddr,
     pub server: SocketAddr,
+}
+
+/// An inclusive, non-empty range of relay ports: `first <= last` holds by construction, so
+/// its length cannot underflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+impl PortRange {
+    pub const DEFAULT: PortRange = PortRange {
+        first: 49152,
+        last: 65535,
+    };
+
+    /// The ports `first..=last`; `None` unless `1 <= first <= last`.
+    pub const fn new(first: u16, last: u16) -> Option<PortRange> {
+        if first == 0 || first > last {
+            None
+        } else {
+            Some(PortRange { first, last })
+        }
+    }
+
+    pub fn first(&self) -> u16 {
+        self.first
+    }
+
+    pub fn last(&self) -> u16 {
+        self.last
+    }
+
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The `i`-th port of the range, wrapping around.
+    pub fn nth(&self, i: u32) -> u16 {
+        // len() >= 1 and the result is <= last, so the cast cannot truncate.
+        (u32::from(self.first) + i % self.len()) as u16
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid port range {s:?}: expected \"FIRST-LAST\", e.g. \"49152-65535\"");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        PortRange::new(first, last).ok_or_else(|| format!("invalid port range {s:?}: need 1 <= FIRST <= LAST <= 65535"))
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
 }

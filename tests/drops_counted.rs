@@ -22,7 +22,14 @@ fn every_malformed_datagram_is_counted_by_reason() {
     .unwrap();
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::stun_only(turnd::auth::NonceKey::from_bytes([5; 32])));
-    let server = Server::start(&config, shared, metrics.clone(), None).unwrap();
+    let server = Server::start(
+        &config,
+        turnd::cli::engine_config(&config),
+        shared,
+        metrics.clone(),
+        None,
+    )
+    .unwrap();
     let addr = server.bound()[0].address;
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();

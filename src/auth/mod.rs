@@ -5,6 +5,7 @@
 //! the username could have (several REST secrets may be configured at once during rotation).
 
 mod nonce;
+mod user_name;
 pub mod users_file;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 pub use nonce::{NonceCheck, NonceKey, NONCE_LEN};
+pub use user_name::{UserName, MAX_USER_NAME};
 
 use crate::proto::integrity::{long_term_key_md5, long_term_key_sha256};
 

@@ -125,7 +125,7 @@ impl UsersFile {
         let mut users = Vec::with_capacity(raw.user.len());
         for (i, u) in raw.user.into_iter().enumerate() {
             let at = text.match_indices("[[user]]").nth(i).map_or(0, |(o, _)| o);
-            crate::config::check_user_name(&u.name).map_err(|e| corrupt(at, format!("{e}: {:?}", u.name)))?;
+            crate::auth::UserName::new(&u.name).map_err(|e| corrupt(at, format!("{e}: {:?}", u.name)))?;
             let (Some(md5), Some(sha256)) = (unhex::<16>(&u.md5), unhex::<32>(&u.sha256)) else {
                 return Err(corrupt(
                     at,
@@ -279,7 +279,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), UsersFileError> {
     f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     // Run as root for a service user: keep the file owned by whoever owned it (or owns the
     // state directory), so the service can still read it.
-    if crate::config::paths::uid() == 0 {
+    if crate::sys::uid() == 0 {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(path).or_else(|_| std::fs::metadata(path.parent().unwrap_or(Path::new("."))));
         if let Ok(m) = owner {

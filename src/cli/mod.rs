@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+pub use serve::{credentials, credentials_with, engine_config};
 pub use users::{turn_urls, Format};
 
 /// turnd: a STUN/TURN server.

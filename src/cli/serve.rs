@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::auth::users_file::{UserKeys, UsersFile};
-use crate::auth::{CredentialSource, NonceKey};
+use crate::auth::{CredentialSource, Credentials, NonceKey, RestSecrets, StaticUsers};
 use crate::config::{Config, LogFormat, Source};
 use crate::metrics::http::Health;
 use crate::metrics::Metrics;
 use crate::net::tls::CertStore;
 use crate::net::{Server, Shards};
-use crate::server::Shared;
+use crate::server::{EngineConfig, PeerPolicy, Shared};
 
 /// The housekeeping tick: drain progress every tick, files every few.
 const TICK: Duration = Duration::from_millis(100);
@@ -35,6 +35,55 @@ fn init_logging(config: &Config) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// What the engine needs from the config.
+pub fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        software: config.software.clone(),
+        realm: config.realm.clone(),
+        relay_addresses: config.relay.addresses.clone(),
+        relay_external: config.relay.external.clone(),
+        relay_ports: config.relay.ports,
+        max_lifetime: config.relay.max_lifetime,
+        nonce_lifetime: config.auth.nonce_lifetime,
+        max_allocations_per_user: config.relay.max_allocations_per_user,
+        max_allocations: config.relay.max_allocations,
+        peers: PeerPolicy::new(config.peers_allow.clone()),
+        max_channel: if config.relay.legacy_channel_numbers {
+            crate::proto::ChannelNumber::RFC5766_MAX
+        } else {
+            crate::proto::ChannelNumber::RFC8656_MAX
+        },
+        draining: false,
+        password_algorithms: config.auth.sha256,
+        unauthenticated_rate: config.unauthenticated_rate,
+        bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
+        bandwidth_total: config.relay.bandwidth_total,
+    }
+}
+
+/// The credential sources this config names, with the users file's keys.
+pub fn credentials_with(config: &Config, file_users: UserKeys) -> Credentials {
+    Credentials {
+        users: StaticUsers::new(
+            &config.realm,
+            config
+                .auth
+                .users
+                .iter()
+                .map(|u| (u.name.to_string(), u.password.clone())),
+        ),
+        secrets: RestSecrets::new(config.auth.secrets.iter().cloned()),
+        file_users,
+    }
+}
+
+/// The credential sources this config names, reading the users file now (an unreadable
+/// file contributes no users).
+pub fn credentials(config: &Config) -> Credentials {
+    let file = UsersFile::load(&config.auth.users_file).unwrap_or_default();
+    credentials_with(config, file.keys())
 }
 
 /// Identifies a version of the users file on disk.
@@ -109,13 +158,13 @@ impl Live {
     }
 
     fn engine_config(&self) -> Arc<crate::server::EngineConfig> {
-        let mut c = self.config.engine_config();
+        let mut c = engine_config(&self.config);
         c.draining = self.draining;
         Arc::new(c)
     }
 
     fn apply_credentials(&self, shared: &Shared) {
-        shared.set_credentials(Arc::new(self.config.credentials_with(self.file_users.clone())));
+        shared.set_credentials(Arc::new(credentials_with(&self.config, self.file_users.clone())));
     }
 
     /// SIGHUP: reload the config file. A config that does not validate changes nothing.
@@ -257,10 +306,16 @@ pub fn serve(config: Config) -> ExitCode {
     };
     let mut live = Live::new(config.clone());
     live.certs = certs.clone();
-    let credentials = config.credentials_with(live.file_users.clone());
+    let credentials = credentials_with(&config, live.file_users.clone());
     let relaying = credentials.is_configured();
     let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key));
-    let server = match Server::start(&config, shared.clone(), metrics.clone(), certs.as_ref()) {
+    let server = match Server::start(
+        &config,
+        engine_config(&config),
+        shared.clone(),
+        metrics.clone(),
+        certs.as_ref(),
+    ) {
         Ok(s) => s,
         Err(e) => return fatal(e),
     };

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use base64::Engine as _;
 
 use crate::auth::users_file::{self, ModifyError, UserRecord};
+use crate::auth::UserName;
 use crate::auth::{Keys, RestSecrets};
-use crate::config::{check_user_name, parse_duration, Config};
+use crate::config::{parse_duration, Config};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("turnd: {msg}");
@@ -61,14 +62,14 @@ fn server_realm<'a>(config: &'a Config, asked: Option<&str>) -> Result<&'a str, 
 }
 
 pub fn add(config: &Config, name: &str, realm: Option<&str>, password_stdin: bool) -> ExitCode {
-    if let Err(e) = check_user_name(name) {
+    if let Err(e) = UserName::new(name) {
         return fail(e);
     }
     let realm = match server_realm(config, realm) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    if config.auth.users.iter().any(|u| u.name == name) {
+    if config.auth.users.iter().any(|u| u.name.as_str() == name) {
         return fail(format!(
             "user {name:?} is defined in [[auth.users]] in {}; change it there",
             config.source

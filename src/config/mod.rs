@@ -15,8 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::auth::{Credentials, RestSecrets, StaticUsers};
-use crate::server::{EngineConfig, PeerPolicy, PortRange};
+use crate::types::PortRange;
 
 pub use duration::{format_duration, format_size, parse_duration, parse_size};
 
@@ -144,7 +143,7 @@ pub struct RelayConfig {
 /// A user from `[[auth.users]]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct InlineUser {
-    pub name: String,
+    pub name: crate::auth::UserName,
     pub password: String,
 }
 
@@ -224,8 +223,6 @@ const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_ALLOCATIONS: u32 = 100_000;
 const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 100;
-/// Longest user name, as `turnd user` will enforce too.
-pub const MAX_USER_NAME: usize = 256;
 
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
@@ -585,51 +582,6 @@ impl Config {
         })
     }
 
-    /// What the engine needs from this config.
-    pub fn engine_config(&self) -> EngineConfig {
-        EngineConfig {
-            software: self.software.clone(),
-            realm: self.realm.clone(),
-            relay_addresses: self.relay.addresses.clone(),
-            relay_external: self.relay.external.clone(),
-            relay_ports: self.relay.ports,
-            max_lifetime: self.relay.max_lifetime,
-            nonce_lifetime: self.auth.nonce_lifetime,
-            max_allocations_per_user: self.relay.max_allocations_per_user,
-            max_allocations: self.relay.max_allocations,
-            peers: PeerPolicy::new(self.peers_allow.clone()),
-            max_channel: if self.relay.legacy_channel_numbers {
-                crate::proto::ChannelNumber::RFC5766_MAX
-            } else {
-                crate::proto::ChannelNumber::RFC8656_MAX
-            },
-            draining: false,
-            password_algorithms: self.auth.sha256,
-            unauthenticated_rate: self.unauthenticated_rate,
-            bandwidth_per_allocation: self.relay.bandwidth_per_allocation,
-            bandwidth_total: self.relay.bandwidth_total,
-        }
-    }
-
-    /// The credential sources this config names, with the users file's keys.
-    pub fn credentials_with(&self, file_users: crate::auth::users_file::UserKeys) -> Credentials {
-        Credentials {
-            users: StaticUsers::new(
-                &self.realm,
-                self.auth.users.iter().map(|u| (u.name.clone(), u.password.clone())),
-            ),
-            secrets: RestSecrets::new(self.auth.secrets.iter().cloned()),
-            file_users,
-        }
-    }
-
-    /// The credential sources this config names, reading the users file now (an unreadable
-    /// file contributes no users).
-    pub fn credentials(&self) -> Credentials {
-        let file = crate::auth::users_file::UsersFile::load(&self.auth.users_file).unwrap_or_default();
-        self.credentials_with(file.keys())
-    }
-
     /// The embedded default configuration.
     pub fn embedded() -> Config {
         match Config::parse(EMBEDDED_DEFAULT, Source::Embedded) {
@@ -802,7 +754,7 @@ impl Config {
                     .users
                     .iter()
                     .map(|u| OutUser {
-                        name: u.name.clone(),
+                        name: u.name.to_string(),
                         password: REDACTED,
                     })
                     .collect(),
@@ -918,7 +870,7 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
     };
     let max_lifetime = match raw.max_lifetime {
         None => DEFAULT_MAX_LIFETIME,
-        Some(s) => duration_at_least(cx, &s, crate::server::DEFAULT_LIFETIME, "relay.max_lifetime")?,
+        Some(s) => duration_at_least(cx, &s, crate::types::DEFAULT_LIFETIME, "relay.max_lifetime")?,
     };
     Ok(RelayConfig {
         addresses,
@@ -1000,23 +952,6 @@ fn check_log_level(text: &str) -> Result<String, String> {
     Ok(normal)
 }
 
-/// The rules for a user name, shared with `turnd user`.
-pub fn check_user_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
-        return Err("user name is empty");
-    }
-    if name.len() > MAX_USER_NAME {
-        return Err("user name is longer than 256 bytes");
-    }
-    if name.contains(':') {
-        return Err("user name contains ':' (reserved for TURN REST API usernames)");
-    }
-    if name.chars().any(char::is_control) {
-        return Err("user name contains control characters");
-    }
-    Ok(())
-}
-
 fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     let mut secrets = Vec::new();
     for s in raw.secrets.unwrap_or_default() {
@@ -1027,15 +962,15 @@ fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> 
     }
     let mut users: Vec<InlineUser> = Vec::new();
     for u in raw.users.unwrap_or_default() {
-        check_user_name(u.name.get_ref()).map_err(|e| cx.err(u.name.span(), e))?;
-        if users.iter().any(|x| x.name == *u.name.get_ref()) {
+        let name = crate::auth::UserName::new(u.name.get_ref()).map_err(|e| cx.err(u.name.span(), e))?;
+        if users.iter().any(|x| x.name == name) {
             return Err(cx.err(u.name.span(), format!("user {:?} appears twice", u.name.get_ref())));
         }
         if u.password.get_ref().is_empty() {
             return Err(cx.err(u.password.span(), "password must not be empty"));
         }
         users.push(InlineUser {
-            name: u.name.into_inner(),
+            name,
             password: u.password.into_inner(),
         });
     }

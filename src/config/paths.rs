@@ -1,13 +1,9 @@
 //! Default locations: system paths when running as root, per-user paths otherwise (the
 //! XDG base directories).
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-/// The effective user of this process (from /proc, without unsafe code).
-pub fn uid() -> u32 {
-    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
-}
+use crate::sys::uid;
 
 fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from)

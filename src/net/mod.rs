@@ -199,6 +199,7 @@ impl Server {
     /// starts the shards.
     pub fn start(
         config: &Config,
+        engine: EngineConfig,
         shared: Arc<Shared>,
         metrics: Arc<Metrics>,
         tls: Option<&Arc<tls::CertStore>>,
@@ -291,7 +292,7 @@ impl Server {
         }
 
         let (stop, stop_rx) = watch::channel(false);
-        let (config_tx, config_rx) = watch::channel(Arc::new(config.engine_config()));
+        let (config_tx, config_rx) = watch::channel(Arc::new(engine));
         let clock = Epoch {
             at: std::time::Instant::now(),
             unix: std::time::SystemTime::now()

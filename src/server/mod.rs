@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-pub use crate::types::{FiveTuple, Transport};
+pub use crate::types::{FiveTuple, PortRange, Transport, DEFAULT_LIFETIME};
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
-pub use io::{AllocationId, PortRange, RelayIo, RelayToken};
+pub use io::{AllocationId, RelayIo, RelayToken};
 pub use limits::Quota;
 use limits::{Bucket, LogLimiter, SourceLimiter};
 pub use policy::PeerPolicy;
@@ -43,9 +43,6 @@ pub use refusal::Refusal;
 use crate::auth::{CredentialSource, Credentials, NonceKey};
 use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
 use stats::{DropReason, Stats};
-
-/// The default allocation lifetime (RFC 8656 §2.2).
-pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone)]

@@ -305,10 +305,17 @@ impl InProcess {
             turnd::config::Config::parse(&isolate(config, dir.path()), turnd::config::Source::Embedded).unwrap();
         let metrics = std::sync::Arc::new(turnd::metrics::Metrics::new());
         let shared = turnd::server::Shared::new(
-            std::sync::Arc::new(config.credentials()),
+            std::sync::Arc::new(turnd::cli::credentials(&config)),
             turnd::auth::NonceKey::random().unwrap(),
         );
-        let server = turnd::net::Server::start(&config, std::sync::Arc::new(shared), metrics.clone(), None).unwrap();
+        let server = turnd::net::Server::start(
+            &config,
+            turnd::cli::engine_config(&config),
+            std::sync::Arc::new(shared),
+            metrics.clone(),
+            None,
+        )
+        .unwrap();
         InProcess {
             server: Some(server),
             metrics,
