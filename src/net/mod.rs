@@ -7,6 +7,7 @@
 //! never hold the borrow across an `.await`.
 
 pub mod batch;
+mod egress;
 mod shard;
 mod socket;
 mod tcp;
@@ -470,10 +471,8 @@ fn run_shard(
         for s in sockets.udp {
             match udp::UdpListener::new(s) {
                 Ok(l) => {
-                    let l = Rc::new(l);
-                    let i = shard.udp.borrow().len();
-                    shard.udp.borrow_mut().push(l.clone());
-                    tokio::task::spawn_local(udp::serve(l, i, shard.clone()));
+                    let i = shard.egress.add_udp(l.port.clone());
+                    tokio::task::spawn_local(udp::serve(Rc::new(l), i, shard.clone()));
                 }
                 Err(e) => tracing::error!(shard = index, error = %e, "cannot register UDP socket"),
             }

@@ -1,9 +1,8 @@
-//! One shard: a thread with a current-thread runtime that owns an engine, its listener
-//! sockets, its relay sockets and its TCP connections. Tasks share the shard through `Rc`
+//! One shard: a thread with a current-thread runtime that owns an engine, its way out to
+//! clients ([`ClientEgress`]), its relay sockets and its timer. Tasks share the shard through `Rc`
 //! and borrow the engine only between awaits, so no lock is ever held across one.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::net::UdpSocket;
@@ -18,16 +17,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{watch, Notify};
 
 use super::batch::TxQueue;
-use super::udp::UdpListener;
+use super::egress::ClientEgress;
 use crate::proto::MAX_MESSAGE_LEN;
 use crate::server::stats::{DropReason, Stats};
-use crate::server::{Engine, FiveTuple, Output, RelayIo, RelayToken, Transport};
+use crate::server::{Engine, Output, RelayIo, RelayToken};
 
 /// Datagrams handled per wake-up of a socket before yielding to the shard's other tasks.
 pub const BATCH: usize = 32;
-
-/// Bytes queued for a TCP client beyond which relayed packets are dropped.
-const TCP_QUEUE_LIMIT: usize = 1 << 20;
 
 /// A relay socket as the engine owns it: dropping it takes it out of the shard's relay epoll
 /// set and closes it (once a pending send queue that names it has been flushed).
@@ -97,13 +93,6 @@ const RELAY_EVENTS: usize = 64;
 /// timers) get their turn; sockets not reached wait in `relay_pending`.
 const RELAY_ROUND_BUDGET: usize = 256;
 
-/// Data queued for a TCP client by the relay path, flushed by the connection's task.
-#[derive(Default)]
-pub struct TcpOut {
-    pub queue: RefCell<Vec<u8>>,
-    pub notify: Notify,
-}
-
 /// Datagrams read from a relay socket per recvmmsg call.
 const RELAY_BATCH: usize = 8;
 /// One receive slot: the largest UDP payload fits.
@@ -117,16 +106,12 @@ struct RelayRx {
 
 pub struct Shard {
     pub engine: RefCell<Engine<NetRelay>>,
-    pub udp: RefCell<Vec<Rc<UdpListener>>>,
-    pub tcp: RefCell<HashMap<FiveTuple, Rc<TcpOut>>>,
-    /// Datagrams for UDP clients, sent with sendmmsg when a batch ends or by `flusher`.
-    client_tx: RefCell<TxQueue>,
+    /// The way out to clients: UDP listeners, TCP connections, the sendmmsg queue.
+    pub egress: ClientEgress,
     /// Datagrams for peers, sent when a batch of client packets ends, and the relay sockets
     /// they leave from, kept open until then.
     peer_tx: RefCell<TxQueue>,
     peer_socks: RefCell<Vec<Rc<UdpSocket>>>,
-    /// Wakes `flusher` when datagrams were queued for UDP clients.
-    tx_pending: Notify,
     /// Receive slots for relay sockets, and the buffer their output is framed into.
     relay_rx: RefCell<RelayRx>,
     relay_tx: RefCell<Box<[u8]>>,
@@ -151,12 +136,9 @@ impl Shard {
         let relay_poll = Rc::new(super::socket::readable(RelayPoll(epoll))?);
         Ok(Rc::new_cyclic(|weak| Shard {
             engine: RefCell::new(make_engine(NetRelay { shard: weak.clone() })),
-            udp: RefCell::new(Vec::new()),
-            tcp: RefCell::new(HashMap::new()),
-            client_tx: RefCell::new(TxQueue::default()),
+            egress: ClientEgress::default(),
             peer_tx: RefCell::new(TxQueue::default()),
             peer_socks: RefCell::new(Vec::with_capacity(super::batch::TX_BATCH)),
-            tx_pending: Notify::new(),
             relay_rx: RefCell::new(RelayRx {
                 bufs: vec![0u8; RELAY_SLOT * RELAY_BATCH].into_boxed_slice(),
                 headers: MultiHeaders::preallocate(RELAY_BATCH, None),
@@ -233,7 +215,7 @@ impl Shard {
             self.rearm(&mut engine);
             let stats = engine.stats().clone();
             drop(engine);
-            self.flush_udp(&stats);
+            self.egress.flush_udp(&stats);
         }
         more
     }
@@ -261,7 +243,7 @@ impl Shard {
     pub fn apply(&self, output: Output<'_, RelaySocket>, tx: &[u8], stats: &Stats) {
         match output {
             Output::None => {}
-            Output::ToClient { tuple, len } => self.send_to_client(&tuple, tx.get(..len).unwrap_or_default(), stats),
+            Output::ToClient { tuple, len } => self.egress.send(&tuple, tx.get(..len).unwrap_or_default(), stats),
             Output::ToPeer { socket, peer, data } => self.queue_peer(socket, peer, data, stats),
         }
     }
@@ -273,42 +255,6 @@ impl Shard {
         let armed = self.armed.get();
         if next.is_some() && (armed.is_none() || next < armed) {
             self.timer.notify_one();
-        }
-    }
-
-    /// Queues a datagram for a UDP client on listener `index`; a full queue is sent at once.
-    pub fn queue_udp(
-        &self,
-        index: usize,
-        dest: SocketAddr,
-        src_ip: Option<std::net::IpAddr>,
-        bytes: &[u8],
-        metrics: &Stats,
-    ) {
-        let full = {
-            let listeners = self.udp.borrow();
-            let Some(listener) = listeners.get(index) else {
-                metrics.dropped(DropReason::send_failed);
-                return;
-            };
-            let mut tx = self.client_tx.borrow_mut();
-            tx.push(&listener.sock, src_ip, dest, bytes);
-            tx.is_full()
-        };
-        if full {
-            self.flush_udp(metrics);
-        }
-    }
-
-    /// Sends every queued datagram for UDP clients.
-    pub fn flush_udp(&self, metrics: &Stats) {
-        let mut tx = self.client_tx.borrow_mut();
-        if tx.is_empty() {
-            return;
-        }
-        let done = tx.flush();
-        for _ in 0..done.failed {
-            metrics.dropped(DropReason::send_failed);
         }
     }
 
@@ -338,47 +284,6 @@ impl Shard {
             metrics.dropped(DropReason::send_failed);
         }
     }
-
-    /// Sends bytes to a client on its 5-tuple: queued for the UDP listener it used (and sent
-    /// by `flusher` once the tasks that are ready have run), or queued on its TCP connection.
-    pub fn send_to_client(&self, tuple: &FiveTuple, bytes: &[u8], stats: &Stats) {
-        let ok = match tuple.transport {
-            Transport::Udp => {
-                let found = {
-                    let listeners = self.udp.borrow();
-                    listeners
-                        .iter()
-                        .position(|l| l.local == tuple.server)
-                        .or_else(|| listeners.iter().position(|l| l.serves(tuple.server)))
-                        .and_then(|i| listeners.get(i).map(|l| (i, l.src_ip(tuple))))
-                };
-                match found {
-                    Some((index, src_ip)) => {
-                        self.queue_udp(index, tuple.client, src_ip, bytes, stats);
-                        self.tx_pending.notify_one();
-                        true
-                    }
-                    None => false,
-                }
-            }
-            Transport::Tcp | Transport::Tls => match self.tcp.borrow().get(tuple) {
-                Some(out) => {
-                    let mut q = out.queue.borrow_mut();
-                    if q.len() + bytes.len() > TCP_QUEUE_LIMIT {
-                        stats.dropped(DropReason::client_backpressure);
-                        return;
-                    }
-                    q.extend_from_slice(bytes);
-                    out.notify.notify_one();
-                    true
-                }
-                None => false,
-            },
-        };
-        if !ok {
-            stats.dropped(DropReason::send_failed);
-        }
-    }
 }
 
 /// Sends what was queued for UDP clients outside a listener batch (TCP clients' relayed
@@ -389,11 +294,11 @@ pub async fn flusher(shard: Rc<Shard>) {
     let mut stop = shard.stop.clone();
     loop {
         tokio::select! {
-            _ = shard.tx_pending.notified() => {}
+            _ = shard.egress.pending.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let metrics = shard.engine.borrow().stats().clone();
-        shard.flush_udp(&metrics);
+        shard.egress.flush_udp(&metrics);
     }
 }
 

@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::shard::{Shard, TcpOut};
+use super::egress::TcpOut;
+use super::shard::Shard;
 use super::TcpSettings;
 use crate::proto::framing;
 use crate::server::stats::DropReason;
@@ -90,11 +91,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     shard: Rc<Shard>,
     _permit: (OwnedSemaphorePermit, super::PerIpSlot),
 ) {
-    let out = Rc::new(TcpOut::default());
-    shard.tcp.borrow_mut().insert(tuple, out.clone());
+    let out = shard.egress.add_tcp(tuple);
     let reason = run(&mut stream, &tuple, idle_timeout, &shard, &out).await;
     tracing::debug!(client = %tuple.client, reason, "TCP connection closed");
-    shard.tcp.borrow_mut().remove(&tuple);
+    shard.egress.remove_tcp(&tuple);
     let mut engine = shard.engine.borrow_mut();
     engine.handle_client_closed(Instant::now(), &tuple);
     shard.rearm(&mut engine);

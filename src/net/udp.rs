@@ -4,13 +4,13 @@
 //! with sendmmsg at the end of each batch (see `batch`).
 
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
 use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::io::unix::AsyncFd;
 
+use super::egress::UdpPort;
 use super::shard::{Shard, BATCH};
 use crate::server::{FiveTuple, Output, Transport};
 
@@ -18,10 +18,9 @@ use crate::server::{FiveTuple, Output, Transport};
 const SLOT: usize = 64 * 1024;
 
 pub struct UdpListener {
-    /// Registered for readability only: sends never wait for room (see `socket::readable`).
-    pub sock: AsyncFd<std::net::UdpSocket>,
+    /// The socket, shared with the shard's egress, which sends from it.
+    pub port: Rc<UdpPort>,
     state: UdpSocketState,
-    pub local: SocketAddr,
 }
 
 impl UdpListener {
@@ -30,20 +29,10 @@ impl UdpListener {
         let local = std.local_addr()?;
         trim_control_messages(&std, local);
         let sock = super::socket::readable(std)?;
-        Ok(UdpListener { sock, state, local })
-    }
-
-    /// True when this listener receives traffic sent to `server`.
-    pub fn serves(&self, server: SocketAddr) -> bool {
-        self.local.port() == server.port()
-            && self.local.is_ipv6() == server.is_ipv6()
-            && (self.local.ip() == server.ip() || self.local.ip().is_unspecified())
-    }
-
-    /// The source address to send to a client from: the server address of its 5-tuple when
-    /// this listener is a wildcard (IP_PKTINFO), else the bound one.
-    pub fn src_ip(&self, tuple: &FiveTuple) -> Option<IpAddr> {
-        self.local.ip().is_unspecified().then_some(tuple.server.ip())
+        Ok(UdpListener {
+            port: Rc::new(UdpPort { sock, local }),
+            state,
+        })
     }
 }
 
@@ -77,7 +66,7 @@ pub async fn serve(listener: Rc<UdpListener>, index: usize, shard: Rc<Shard>) {
     let mut tx = vec![0u8; 2048].into_boxed_slice();
     loop {
         let mut guard = tokio::select! {
-            r = listener.sock.readable() => match r { Ok(g) => g, Err(_) => return },
+            r = listener.port.sock.readable() => match r { Ok(g) => g, Err(_) => return },
             _ = stop.wait_for(|s| *s) => return,
         };
         let mut n = 0;
@@ -126,7 +115,10 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
             let tuple = FiveTuple {
                 transport: Transport::Udp,
                 client: meta.addr,
-                server: SocketAddr::new(meta.dst_ip.unwrap_or(listener.local.ip()), listener.local.port()),
+                server: SocketAddr::new(
+                    meta.dst_ip.unwrap_or(listener.port.local.ip()),
+                    listener.port.local.port(),
+                ),
             };
             let data = slot.get(..meta.len).unwrap_or_default();
             // GRO packs several datagrams of one flow at `stride` offsets; an empty datagram
@@ -141,7 +133,9 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
                     // The usual answer: back on the 5-tuple it came in on, from this listener.
                     Output::ToClient { tuple: to, len } if to == tuple => {
                         let reply = tx.get(..len).unwrap_or_default();
-                        shard.queue_udp(index, tuple.client, listener.src_ip(&tuple), reply, &metrics);
+                        shard
+                            .egress
+                            .queue_udp(index, tuple.client, listener.port.src_ip(&tuple), reply, &metrics);
                     }
                     output => shard.apply(output, tx, &metrics),
                 }
@@ -149,7 +143,7 @@ fn handle_batch(listener: &UdpListener, index: usize, shard: &Shard, bufs: &[u8]
         }
         shard.rearm(&mut engine);
         shard.flush_peers(&metrics);
-        shard.flush_udp(&metrics);
+        shard.egress.flush_udp(&metrics);
     }
 }
 
@@ -167,23 +161,23 @@ mod tests {
     #[tokio::test]
     async fn a_bound_listener_asks_for_no_control_message_and_a_wildcard_one_only_for_pktinfo() {
         let bound = listener("127.0.0.1:0").expect("bind 127.0.0.1");
-        let fd = bound.sock.get_ref();
+        let fd = bound.port.sock.get_ref();
         assert_eq!(getsockopt(fd, sockopt::IpRecvTos).ok(), Some(false));
         assert_eq!(getsockopt(fd, sockopt::Ipv4PacketInfo).ok(), Some(false));
 
         let wildcard = listener("0.0.0.0:0").expect("bind 0.0.0.0");
-        let fd = wildcard.sock.get_ref();
+        let fd = wildcard.port.sock.get_ref();
         assert_eq!(getsockopt(fd, sockopt::IpRecvTos).ok(), Some(false));
         assert_eq!(getsockopt(fd, sockopt::Ipv4PacketInfo).ok(), Some(true));
 
         // A host without IPv6 has nothing to check there.
         if let Some(v6) = listener("[::1]:0") {
-            let fd = v6.sock.get_ref();
+            let fd = v6.port.sock.get_ref();
             assert_eq!(getsockopt(fd, sockopt::Ipv6RecvTClass).ok(), Some(false));
             assert_eq!(getsockopt(fd, sockopt::Ipv6RecvPacketInfo).ok(), Some(false));
         }
         if let Some(v6) = listener("[::]:0") {
-            let fd = v6.sock.get_ref();
+            let fd = v6.port.sock.get_ref();
             assert_eq!(getsockopt(fd, sockopt::Ipv6RecvPacketInfo).ok(), Some(true));
         }
     }

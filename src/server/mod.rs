@@ -17,11 +17,13 @@ mod allocation;
 mod authenticate;
 pub mod io;
 mod limits;
+#[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod policy;
 mod refusal;
 mod relay;
 pub mod stats;
+#[cfg(any(test, feature = "test-support"))]
 pub mod testclient;
 mod turn;
 
