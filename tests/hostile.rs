@@ -72,7 +72,9 @@ fn unauthenticated_responses_are_rate_limited_per_source() {
     while noisy.recv(&mut buf).is_ok() {
         answered += 1;
     }
-    assert!((50..=70).contains(&answered), "{answered} of 500 answered");
+    // At least a second's worth, and far from all: the exact count at each moment is the
+    // engine's arithmetic, checked on a virtual clock in turn_engine.rs.
+    assert!((50..250).contains(&answered), "{answered} of 500 answered");
     // Another source is not affected.
     let quiet = UdpSocket::bind("127.0.0.2:0").unwrap();
     quiet.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -144,58 +144,26 @@ allow = ["127.0.0.0/8"]
     assert_eq!(m.get(AttrType::DATA).unwrap().value, b"to the client");
 }
 
+/// The real server logs authentication failures to stderr, a bounded burst of them; the
+/// limiter's arithmetic is checked on the engine's clock in turn_engine.rs.
 #[test]
-fn auth_failure_logs_are_rate_limited() {
+fn auth_failure_logs_reach_stderr_in_a_bounded_burst() {
     // The request limiter would drop most of this burst; the log limiter is what is tested.
     let t = Turnd::start(&turn_config("threads = 1\n[limits]\nunauthenticated_rate = 0"));
     let udp = Udp::new(t.udp[0]);
     let mut c = TestClient::new("alice", "test.turnd", "wrong");
-    // 300 failures in a burst: they are all answered, but only a few are logged.
     let _ = udp.ask(&mut c, |c| c.allocate());
     for _ in 0..300 {
         let req = c.allocate();
         assert_eq!(udp.once(&mut c, &req).error, Some(401));
     }
-    std::thread::sleep(Duration::from_millis(1200));
-    // One more after a pause gets through and reports how many were suppressed.
-    let req = c.allocate();
-    assert_eq!(udp.once(&mut c, &req).error, Some(401));
-    let mut lines = Vec::new();
-    // The line after the pause reports a non-zero suppressed count.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lines
+    // Stopping the server flushes everything it logged.
+    let log = t.log_until_exit();
+    let logged = log.iter().filter(|l| l.contains("authentication failed")).count();
+    assert!((1..=30).contains(&logged), "{logged} lines logged for 301 failures");
+    assert!(log
         .iter()
-        .any(|l: &String| l.contains("authentication failed") && !l.contains("suppressed=0"))
-    {
-        match t.log.recv_timeout(Duration::from_millis(100)) {
-            Ok(l) => lines.push(l),
-            Err(_) => assert!(Instant::now() < deadline, "no line reported suppressed failures"),
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    while let Ok(l) = t.log.try_recv() {
-        lines.push(l);
-    }
-    let logged: Vec<&String> = lines.iter().filter(|l| l.contains("authentication failed")).collect();
-    // 302 failures: one from the opening exchange (whose first request is only challenged),
-    // the 300 of the burst, and the one after the pause.
-    assert!(logged.len() <= 30, "{} lines logged for 302 failures", logged.len());
-    let suppressed: u64 = logged
-        .iter()
-        .filter_map(|l| {
-            l.split("suppressed=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
-    assert_eq!(
-        suppressed + logged.len() as u64,
-        302,
-        "every failure is either logged or counted as suppressed"
-    );
+        .any(|l| l.contains("authentication failed") && l.contains("user=\"alice\"")));
 }
 
 #[test]

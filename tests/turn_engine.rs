@@ -178,6 +178,66 @@ impl World {
         self.now = self.start + at;
         self.engine.handle_timeout(self.now);
     }
+
+    /// Runs the engine as a driver would until `start + at`: jumps from one deadline that
+    /// `poll_timeout` gives to the next, handling each at its moment. Returns how many
+    /// wake-ups it took.
+    fn run_until(&mut self, at: Duration) -> usize {
+        let end = self.start + at;
+        let mut wakeups = 0;
+        while let Some(deadline) = self.engine.poll_timeout().filter(|d| *d <= end) {
+            self.now = self.now.max(deadline);
+            self.engine.handle_timeout(self.now);
+            wakeups += 1;
+            assert!(wakeups < 100_000, "the timer does not advance");
+        }
+        self.now = end;
+        wakeups
+    }
+}
+
+/// A datagram path between a client and the engine that loses, delays and reorders, driven
+/// by a seeded generator so that every run is the same.
+struct Link {
+    state: u64,
+    /// Out of 100.
+    loss: u64,
+    reorder: u64,
+    held: Vec<Vec<u8>>,
+}
+
+impl Link {
+    fn new(seed: u64, loss: u64, reorder: u64) -> Link {
+        Link {
+            state: seed | 1,
+            loss,
+            reorder,
+            held: Vec::new(),
+        }
+    }
+
+    fn roll(&mut self) -> u64 {
+        // xorshift64: enough to decide fates.
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % 100
+    }
+
+    /// What arrives after `packet` is sent: nothing (lost), nothing yet (held back, to arrive
+    /// after a later one), or it and whatever was held.
+    fn pass(&mut self, packet: Vec<u8>) -> Vec<Vec<u8>> {
+        if self.roll() < self.loss {
+            return vec![];
+        }
+        if self.roll() < self.reorder {
+            self.held.push(packet);
+            return vec![];
+        }
+        let mut out = vec![packet];
+        out.append(&mut self.held);
+        out
+    }
 }
 
 fn alice() -> TestClient {
@@ -919,17 +979,27 @@ fn truncated_and_misaligned_input_never_panics_and_is_never_answered() {
                 assert!(!answered, "a truncated message was answered");
             }
         }
-        // Lying attribute lengths at every attribute offset.
+        // Lying attribute lengths at every attribute offset: what does not parse is never
+        // answered and never relayed, and is counted as malformed.
         for off in (20..s.len().saturating_sub(4)).step_by(2) {
             for delta in [1u16, 3, 255, 0xFFFF] {
                 let mut m = s.clone();
                 let l = u16::from_be_bytes([m[off + 2], m[off + 3]]).wrapping_add(delta);
                 m[off + 2..off + 4].copy_from_slice(&l.to_be_bytes());
-                let _ = w.send(&t, &m);
+                let drops = |w: &World| -> u64 { DropReason::ALL.iter().map(|r| w.metrics.dropped_packets(*r)).sum() };
+                let before = drops(&w);
+                let sent = w.send(&t, &m);
+                if turnd::proto::Message::parse(&m).is_err() && m[0] & 0xC0 == 0 {
+                    assert!(matches!(sent, Sent::None), "a lying length was answered or relayed");
+                    assert_eq!(drops(&w), before + 1, "and counted");
+                }
             }
         }
     }
+    // Through all of it the allocation stayed, and still relays.
     assert_eq!(w.engine.allocation_count(), 1);
+    assert!(w.ask(&mut c, &t, |c| c.create_permission(&[peer(1)])).error.is_none());
+    assert!(matches!(w.send(&t, &c.send(peer(1), b"still here")), Sent::Relay { data, .. } if data == b"still here"));
 }
 
 /// CVE-2025-69217: predictable tokens. Relay ports are drawn from the OS CSPRNG, and so is
@@ -1109,4 +1179,180 @@ fn refresh_and_allocate_read_requested_address_family_the_same_way() {
         })
     });
     success(&r);
+}
+
+#[test]
+fn the_harness_jumps_to_each_deadline_and_nothing_expires_early() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let t = tuple(5200);
+    success(&w.allocate(&mut c, &t));
+    assert!(w.ask(&mut c, &t, |c| c.create_permission(&[peer(1)])).error.is_none());
+    // Permission at 5 minutes, allocation at 10: two wake-ups, each at its deadline.
+    assert_eq!(w.run_until(Duration::from_secs(299)), 0);
+    assert_eq!(w.metrics.permissions_active(), 1);
+    assert_eq!(w.run_until(Duration::from_secs(300)), 1);
+    assert_eq!(w.metrics.permissions_active(), 0);
+    assert_eq!(w.engine.allocation_count(), 1);
+    assert_eq!(w.run_until(Duration::from_secs(3600)), 1);
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.relay.open_sockets(), 0);
+    assert_eq!(w.engine.poll_timeout(), None, "nothing left to wake up for");
+}
+
+#[test]
+fn over_a_lossy_reordering_link_retransmissions_get_the_same_answers() {
+    // A client that retransmits each request until it hears an answer, through a link that
+    // loses 30% and reorders 20% of what it carries, in both directions.
+    let mut w = World::new(config());
+    let mut up = Link::new(7, 30, 20);
+    let mut down = Link::new(11, 30, 20);
+    let mut c = alice();
+    let t = tuple(5300);
+    let mut exchange = |w: &mut World, c: &mut TestClient, req: Vec<u8>| -> Response {
+        for _ in 0..50 {
+            for arrived in up.pass(req.clone()) {
+                if let Sent::Reply(bytes) = w.send(&t, &arrived) {
+                    for back in down.pass(bytes) {
+                        let r = c.read(&back);
+                        if r.transaction_id == Message::parse(&req).ok().map(|m| m.transaction_id()) {
+                            return r;
+                        }
+                    }
+                }
+            }
+            w.now += Duration::from_millis(500);
+        }
+        panic!("no answer through the link");
+    };
+    // The first Allocate teaches the nonce; the second, retransmitted with the same
+    // transaction ID, gets the same success every time it is answered.
+    let req = c.allocate();
+    let r = exchange(&mut w, &mut c, req);
+    assert_eq!(r.error, Some(401));
+    let req = c.allocate();
+    let first = exchange(&mut w, &mut c, req.clone());
+    success(&first);
+    let again = exchange(&mut w, &mut c, req);
+    assert_eq!(again.relayed, first.relayed, "a retransmission gets the same relay");
+    assert_eq!(w.engine.allocation_count(), 1);
+    // Permission, then data: whatever arrives late or not at all, the books balance.
+    let req = c.create_permission(&[peer(9)]);
+    let r = exchange(&mut w, &mut c, req);
+    assert!(r.error.is_none(), "{r:?}");
+    let mut relayed = 0;
+    for i in 0..100u8 {
+        for arrived in up.pass(c.send(peer(9), &[i; 8])) {
+            if let Sent::Relay { data, .. } = w.send(&t, &arrived) {
+                assert_eq!(data.len(), 8);
+                relayed += 1;
+            }
+        }
+    }
+    assert_eq!(w.metrics.relay_packets(Direction::client_to_peer), relayed);
+    assert!((40..=90).contains(&relayed), "{relayed} of 100 got through a 30% loss");
+}
+
+/// Runs `f` with the engine's log lines captured, as `turnd serve` would print them. One
+/// global subscriber writes each thread's lines to that thread's buffer, so tests that run
+/// at the same time never see each other's lines.
+fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+    use std::cell::RefCell;
+    thread_local! {
+        static CAPTURE: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+    struct ThreadBuf;
+    impl std::io::Write for ThreadBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            CAPTURE.with(|c| {
+                if let Some(buf) = c.borrow_mut().as_mut() {
+                    buf.extend_from_slice(b);
+                }
+            });
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| ThreadBuf)
+            .with_ansi(false)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+    CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let text = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[test]
+fn auth_failure_logs_are_rate_limited_and_report_what_they_held_back() {
+    let ((), log) = logged(|| {
+        let mut w = World::new(config());
+        let t = tuple(5400);
+        let mut c = TestClient::new("alice", REALM, "wrong");
+        // The opening exchange: the first request is only challenged, the second fails.
+        assert_eq!(w.allocate(&mut c, &t).error, Some(401));
+        // 300 failures at one instant: all answered, a burst of them logged.
+        for _ in 0..300 {
+            assert_eq!(w.ask_once(&mut c, &t, |c| c.allocate()).error, Some(401));
+        }
+        // 1.2 s later (on the engine's clock), one more gets through with the count.
+        w.now += Duration::from_millis(1200);
+        assert_eq!(w.ask_once(&mut c, &t, |c| c.allocate()).error, Some(401));
+    });
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("authentication failed")).collect();
+    assert_eq!(lines.len(), 21, "a burst of 20, then one after the pause:\n{log}");
+    let last = lines.last().unwrap();
+    assert!(last.contains("suppressed=281"), "{last}");
+    assert!(last.contains("user=\"alice\"") || last.contains("user=alice"), "{last}");
+}
+
+#[test]
+fn an_expired_rest_credential_is_refused_on_the_engines_clock() {
+    let mut w = World::new(config());
+    // The World's clock says 1_800_000_000 at start: this credential expires a second later.
+    let (user, pass) = RestSecrets::new(["rest-secret".to_string()])
+        .mint(1_800_000_001, Some("web"))
+        .unwrap();
+    success(&w.allocate(&mut TestClient::new(&user, REALM, &pass), &tuple(5500)));
+    w.now += Duration::from_secs(2);
+    let r = w.allocate(&mut TestClient::new(&user, REALM, &pass), &tuple(5501));
+    assert_eq!(r.error, Some(401));
+    assert_eq!(w.metrics.auth_failures(AuthFailure::expired_credential), 1);
+}
+
+#[test]
+fn unauthenticated_answers_are_limited_per_source_ip() {
+    let mut cfg = config();
+    cfg.unauthenticated_rate = 50;
+    let mut w = World::new(cfg);
+    let noisy = tuple(5600);
+    let answered = |w: &mut World, t: &FiveTuple, n: u32| {
+        (0..n)
+            .filter(|i| {
+                let mut tid = [0u8; 12];
+                tid[..4].copy_from_slice(&i.to_be_bytes());
+                let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+                req.extend_from_slice(&tid);
+                matches!(w.send(t, &req), Sent::Reply(_))
+            })
+            .count()
+    };
+    // 500 at one instant: exactly a second's worth is answered.
+    assert_eq!(answered(&mut w, &noisy, 500), 50);
+    assert_eq!(w.metrics.dropped_packets(DropReason::rate_limited), 450);
+    // Another address is not affected.
+    let quiet = FiveTuple {
+        client: SocketAddr::from(([127, 0, 0, 2], 5601)),
+        ..noisy
+    };
+    assert_eq!(answered(&mut w, &quiet, 10), 10);
+    // 100 ms later, five more for the noisy one.
+    w.now += Duration::from_millis(100);
+    assert_eq!(answered(&mut w, &noisy, 500), 5);
 }

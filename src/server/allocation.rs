@@ -312,3 +312,83 @@ impl<S> Table<S> {
         self.timers.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Transport;
+    use std::time::Duration;
+
+    fn allocation(port: u16, created: Instant, lives: Duration) -> Allocation<()> {
+        Allocation {
+            tuple: FiveTuple {
+                transport: Transport::Udp,
+                client: SocketAddr::from(([198, 18, 0, 1], port)),
+                server: SocketAddr::from(([198, 18, 0, 2], 3478)),
+            },
+            username: "u".into(),
+            allocate_tid: TransactionId([0; 12]),
+            relays: [None, None],
+            created,
+            expires: created + lives,
+            permissions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_by_peer: HashMap::new(),
+            traffic: Traffic::default(),
+            bandwidth: super::super::Bucket::new(),
+            scheduled: None,
+        }
+    }
+
+    fn add(t: &mut Table<()>, port: u16, now: Instant, lives: u64) -> AllocationId {
+        let id = t.reserve();
+        t.insert(id, allocation(port, now, Duration::from_secs(lives)), now);
+        id
+    }
+
+    #[test]
+    fn deadlines_come_out_earliest_first_and_not_a_tick_early() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        let late = add(&mut t, 1, t0, 30);
+        let early = add(&mut t, 2, t0, 10);
+        assert_eq!(t.next_timeout(), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(t.pop_due(t0 + Duration::from_millis(9_999)), None);
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(10)), Some(early));
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(10)), None, "each deadline pops once");
+        assert_eq!(t.next_timeout(), Some(t0 + Duration::from_secs(30)));
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(99)), Some(late));
+        assert_eq!(t.next_timeout(), None);
+    }
+
+    #[test]
+    fn a_moved_deadline_leaves_a_stale_entry_that_is_never_reported() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        let id = add(&mut t, 1, t0, 10);
+        // A Refresh moves the deadline later: the old entry stays in the heap, unreported.
+        if let Some(a) = t.get_mut(id) {
+            a.expires = t0 + Duration::from_secs(50);
+        }
+        t.reschedule(id, t0);
+        assert_eq!(t.timer_entries(), 2);
+        assert_eq!(t.next_timeout(), Some(t0 + Duration::from_secs(50)));
+        assert_eq!(t.timer_entries(), 1, "the stale entry was dropped on the way");
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(20)), None);
+    }
+
+    #[test]
+    fn a_removed_allocation_and_a_reused_slot_never_see_each_others_deadlines() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        let old = add(&mut t, 1, t0, 10);
+        assert!(t.remove(old).is_some());
+        let new = add(&mut t, 2, t0, 40);
+        assert_eq!(new.index, old.index, "the slot is reused");
+        assert_ne!(new.generation, old.generation);
+        assert!(t.get(old).is_none(), "a stale id reaches nothing");
+        assert_eq!(t.next_timeout(), Some(t0 + Duration::from_secs(40)));
+        assert_eq!(t.pop_due(t0 + Duration::from_secs(40)), Some(new));
+        assert_eq!(t.len(), 1);
+    }
+}

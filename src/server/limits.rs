@@ -69,7 +69,10 @@ impl SourceLimiter {
         if rate == 0 {
             return true;
         }
-        let ms = u32::try_from(now.saturating_duration_since(self.start).as_millis()).unwrap_or(u32::MAX);
+        // Milliseconds since start, plus one: 0 is kept for "never touched".
+        let ms = u32::try_from(now.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         let rate = rate as f32;
         // SipHash over a secret key and the address: where an address lands cannot be chosen
         // from outside, and the same seed gives the same buckets.
@@ -93,7 +96,7 @@ impl SourceLimiter {
         let ok = level[0] >= 1.0 || level[1] >= 1.0;
         for r in 0..2 {
             let take = if ok { 1.0 } else { 0.0 };
-            self.rows[idx[r]][r] = ((level[r] - take).max(0.0), ms.max(1));
+            self.rows[idx[r]][r] = ((level[r] - take).max(0.0), ms);
         }
         ok
     }

@@ -103,6 +103,22 @@ impl Turnd {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Sends SIGTERM, waits for the exit, and returns every line the server logged that the
+    /// test has not read yet.
+    pub fn log_until_exit(self) -> Vec<String> {
+        let Turnd { log, .. } = &self;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let mut lines = Vec::new();
+        // The reader thread ends at EOF, when the process has exited.
+        while let Ok(l) = log.recv_timeout(Duration::from_secs(10)) {
+            lines.push(l);
+        }
+        lines
+    }
+
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
