@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::net::SessionInfo;
 
 fn ask(config: &Config, request: &str) -> Result<serde_json::Value, String> {
-    let path = &config.admin_socket;
+    let path = &config.admin.socket;
     let mut s = UnixStream::connect(path).map_err(|e| {
         format!(
             "cannot reach the server at {} (admin.socket): {e}; is `turnd serve` running?",

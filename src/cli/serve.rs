@@ -49,7 +49,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         nonce_lifetime: config.auth.nonce_lifetime,
         max_allocations_per_user: config.relay.max_allocations_per_user,
         max_allocations: config.relay.max_allocations,
-        peers: PeerPolicy::new(config.peers_allow.clone()),
+        peers: PeerPolicy::new(config.peers.allow.clone()),
         max_channel: if config.relay.legacy_channel_numbers {
             crate::proto::ChannelNumber::RFC5766_MAX
         } else {
@@ -57,7 +57,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         },
         draining: false,
         password_algorithms: config.auth.sha256,
-        unauthenticated_rate: config.unauthenticated_rate,
+        unauthenticated_rate: config.limits.unauthenticated_rate,
         bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
         bandwidth_total: config.relay.bandwidth_total,
     }
@@ -187,10 +187,10 @@ impl Live {
         if new.threads != self.config.threads {
             restart.push("threads");
         }
-        if new.metrics_listen != self.config.metrics_listen {
+        if new.metrics.listen != self.config.metrics.listen {
             restart.push("metrics.listen");
         }
-        if new.admin_socket != self.config.admin_socket {
+        if new.admin.socket != self.config.admin.socket {
             restart.push("admin.socket");
         }
         if new.log != self.config.log {
@@ -289,7 +289,7 @@ pub fn serve(config: Config) -> ExitCode {
     };
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let metrics_listener = match config.metrics_listen.map(bind_http).transpose() {
+    let metrics_listener = match config.metrics.listen.map(bind_http).transpose() {
         Ok(l) => l,
         Err(e) => return fatal(e),
     };
@@ -319,12 +319,12 @@ pub fn serve(config: Config) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fatal(e),
     };
-    let admin_listener = match crate::net::admin::bind(&config.admin_socket) {
+    let admin_listener = match crate::net::admin::bind(&config.admin.socket) {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!(
                 "admin socket {} unavailable, `turnd sessions` and `turnd disconnect` will not reach this server: {e}",
-                config.admin_socket.display()
+                config.admin.socket.display()
             );
             None
         }
@@ -431,7 +431,7 @@ pub fn serve(config: Config) -> ExitCode {
     super::notify::notify("STOPPING=1");
     server.stop();
     if admin_bound {
-        let _ = std::fs::remove_file(&config.admin_socket);
+        let _ = std::fs::remove_file(&config.admin.socket);
     }
     ExitCode::SUCCESS
 }

@@ -1,0 +1,566 @@
+//! Validation: from the schema to a [`Config`] whose values cannot be wrong, with every
+//! default filled in and every error at its `path:line:col`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::schema::{RawAuth, RawConfig, RawListen, RawRelay};
+use super::*;
+
+/// Largest `threads` value accepted.
+const MAX_THREADS: usize = 1024;
+
+const DEFAULT_REALM: &str = "turnd";
+/// Metrics are served on loopback unless the config says otherwise.
+const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9641);
+/// `metrics.listen = "off"` serves no HTTP endpoint.
+pub const METRICS_OFF: &str = "off";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Generous for a NAT full of users, small enough that one source cannot use the server as
+/// a reflector.
+const DEFAULT_UNAUTHENTICATED_RATE: u32 = 200;
+const DEFAULT_RELAY_ADDRESSES: [&str; 2] = ["0.0.0.0", "::"];
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
+const DEFAULT_MAX_ALLOCATIONS: u32 = 100_000;
+const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 100;
+
+const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
+const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+
+/// Converts a byte offset into a 1-based (line, column).
+pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+struct Ctx<'a> {
+    path: String,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.clone(),
+            position: Some(line_col(self.text, span.start)),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates `text`; `source` names it in errors.
+    pub fn parse(text: &str, source: Source) -> Result<Config, ConfigError> {
+        let cx = Ctx {
+            path: source.to_string(),
+            text,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, e.message().trim_end().to_string())
+        })?;
+
+        let threads = match raw.threads {
+            None => 0,
+            Some(t) => {
+                let v = *t.get_ref();
+                usize::try_from(v).ok().filter(|&n| n <= MAX_THREADS).ok_or_else(|| {
+                    cx.err(
+                        t.span(),
+                        format!("threads must be between 0 and {MAX_THREADS}, got {v}"),
+                    )
+                })?
+            }
+        };
+
+        let software = match raw.software {
+            None => None,
+            Some(s) => {
+                let v = s.get_ref();
+                if v.is_empty() || v.len() > 127 || v.chars().any(char::is_control) {
+                    return Err(cx.err(s.span(), "software must be 1 to 127 bytes of printable text"));
+                }
+                Some(v.clone())
+            }
+        };
+
+        let listen = match raw.listen {
+            None => Self::embedded().listen,
+            Some(l) => {
+                let span = l.span();
+                let items = l.into_inner();
+                if items.is_empty() {
+                    return Err(cx.err(span, "listen is empty: at least one [[listen]] is needed"));
+                }
+                let mut out: Vec<Listener> = Vec::with_capacity(items.len());
+                for item in items {
+                    let listener = validate_listener(&cx, item)?;
+                    if let Some(dup) = out.iter().find(|o| {
+                        o.address == listener.address
+                            && ((o.udp && listener.udp) || (o.is_stream() && listener.is_stream()))
+                    }) {
+                        return Err(cx.err(span.clone(), format!("listener {} appears twice", dup.address)));
+                    }
+                    out.push(listener);
+                }
+                out
+            }
+        };
+
+        let log = match raw.log {
+            None => LogConfig {
+                level: "info".into(),
+                format: LogFormat::Text,
+            },
+            Some(l) => {
+                let level = match l.level {
+                    None => "info".to_string(),
+                    Some(s) => check_log_level(s.get_ref())
+                        .map_err(|e| cx.err(s.span(), format!("invalid log level {:?}: {e}", s.get_ref())))?,
+                };
+                LogConfig {
+                    level,
+                    format: l.format.unwrap_or(LogFormat::Text),
+                }
+            }
+        };
+
+        let realm = match raw.realm {
+            None => DEFAULT_REALM.to_string(),
+            Some(r) => {
+                let v = r.get_ref();
+                if v.is_empty() || v.chars().count() > 127 || v.chars().any(char::is_control) {
+                    return Err(cx.err(r.span(), "realm must be 1 to 127 printable characters"));
+                }
+                v.clone()
+            }
+        };
+        let relay = validate_relay(&cx, raw.relay.unwrap_or_default())?;
+        let auth = validate_auth(&cx, raw.auth.unwrap_or_default())?;
+        let mut peers_allow = Vec::new();
+        for item in raw.peers.unwrap_or_default().allow.unwrap_or_default() {
+            let v = item.get_ref();
+            let net = v
+                .parse::<IpNet>()
+                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    cx.err(
+                        item.span(),
+                        format!("invalid CIDR {v:?} in peers.allow: expected e.g. \"127.0.0.0/8\" or \"::1\""),
+                    )
+                })?;
+            peers_allow.push(net.trunc());
+        }
+
+        let metrics_listen = match raw.metrics.unwrap_or_default().listen {
+            None => Some(DEFAULT_METRICS_LISTEN),
+            Some(a) if a.get_ref() == METRICS_OFF => None,
+            Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
+                cx.err(
+                    a.span(),
+                    format!(
+                        "invalid metrics.listen {:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\", or \"off\"",
+                        a.get_ref()
+                    ),
+                )
+            })?),
+        };
+        let server_name = match raw.server_name {
+            None => None,
+            Some(n) => Some(
+                check_dns_name(n.get_ref())
+                    .map_err(|e| cx.err(n.span(), e))?
+                    .to_string(),
+            ),
+        };
+
+        let admin_socket = match raw.admin.unwrap_or_default().socket {
+            None => paths::default_admin_socket(),
+            Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "admin.socket is empty")),
+            Some(p) => PathBuf::from(p.into_inner()),
+        };
+
+        let wants_tls = listen.iter().any(|l| l.tls);
+        let tls = match raw.tls {
+            Some(t) if !wants_tls => {
+                return Err(cx.err(t.span(), "[tls] is set but no [[listen]] has \"tls\" in its protocols"));
+            }
+            Some(t) => {
+                let t = t.into_inner();
+                for p in [&t.certificate, &t.private_key] {
+                    if p.get_ref().is_empty() {
+                        return Err(cx.err(p.span(), "path is empty"));
+                    }
+                }
+                Some(TlsConfig {
+                    certificate: PathBuf::from(t.certificate.into_inner()),
+                    private_key: PathBuf::from(t.private_key.into_inner()),
+                })
+            }
+            None if wants_tls => {
+                return Err(ConfigError {
+                    path: cx.path.clone(),
+                    position: Some((1, 1)),
+                    message: "a listener serves \"tls\" but there is no [tls] section with certificate and private_key"
+                        .into(),
+                });
+            }
+            None => None,
+        };
+        let unauthenticated_rate = match raw.limits.unwrap_or_default().unauthenticated_rate {
+            None => DEFAULT_UNAUTHENTICATED_RATE,
+            Some(n) => u32::try_from(*n.get_ref()).map_err(|_| {
+                cx.err(
+                    n.span(),
+                    format!(
+                        "limits.unauthenticated_rate must be 0 (no limit) or more, got {}",
+                        n.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let shutdown_grace = match raw.shutdown_grace {
+            None => DEFAULT_SHUTDOWN_GRACE,
+            Some(s) => parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
+        };
+
+        Ok(Config {
+            source,
+            threads,
+            software,
+            realm,
+            server_name,
+            listen,
+            relay,
+            auth,
+            peers: PeersConfig { allow: peers_allow },
+            metrics: MetricsConfig { listen: metrics_listen },
+            admin: AdminConfig { socket: admin_socket },
+            tls,
+            shutdown_grace,
+            limits: LimitsConfig { unauthenticated_rate },
+            log,
+        })
+    }
+}
+
+fn duration_at_least(cx: &Ctx<'_>, s: &Spanned<String>, min: Duration, key: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?;
+    if d < min {
+        return Err(cx.err(s.span(), format!("{key} must be at least {}", format_duration(min))));
+    }
+    Ok(d)
+}
+
+fn count(cx: &Ctx<'_>, v: Option<Spanned<i64>>, default: u32, key: &str) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) => u32::try_from(*n.get_ref()).ok().filter(|&x| x >= 1).ok_or_else(|| {
+            cx.err(
+                n.span(),
+                format!("{key} must be between 1 and {}, got {}", u32::MAX, n.get_ref()),
+            )
+        }),
+    }
+}
+
+/// Parses a list of IPs with at most one per family.
+fn ip_per_family(cx: &Ctx<'_>, list: Spanned<Vec<Spanned<String>>>, key: &str) -> Result<Vec<IpAddr>, ConfigError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for item in list.into_inner() {
+        let ip: IpAddr = item
+            .get_ref()
+            .parse()
+            .map_err(|_| cx.err(item.span(), format!("invalid IP address {:?} in {key}", item.get_ref())))?;
+        if out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            return Err(cx.err(
+                item.span(),
+                format!("{key} takes at most one IPv4 and one IPv6 address"),
+            ));
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigError> {
+    let addresses = match raw.addresses {
+        None => DEFAULT_RELAY_ADDRESSES.iter().filter_map(|a| a.parse().ok()).collect(),
+        Some(list) => {
+            let span = list.span();
+            let v = ip_per_family(cx, list, "relay.addresses")?;
+            if v.is_empty() {
+                return Err(cx.err(span, "relay.addresses is empty"));
+            }
+            v
+        }
+    };
+    let external = match raw.external {
+        None => Vec::new(),
+        Some(list) => {
+            let span = list.span();
+            let v = ip_per_family(cx, list, "relay.external")?;
+            for ip in &v {
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(cx.err(span.clone(), format!("relay.external {ip} cannot be advertised")));
+                }
+                if !addresses.iter().any(|a| a.is_ipv4() == ip.is_ipv4()) {
+                    return Err(cx.err(
+                        span.clone(),
+                        format!("relay.external {ip} has no relay.addresses entry of its family"),
+                    ));
+                }
+            }
+            v
+        }
+    };
+    let ports = match raw.ports {
+        None => PortRange::DEFAULT,
+        Some(p) => p.get_ref().parse().map_err(|e: String| cx.err(p.span(), e))?,
+    };
+    let max_lifetime = match raw.max_lifetime {
+        None => DEFAULT_MAX_LIFETIME,
+        Some(s) => duration_at_least(cx, &s, crate::types::DEFAULT_LIFETIME, "relay.max_lifetime")?,
+    };
+    Ok(RelayConfig {
+        addresses,
+        external,
+        ports,
+        max_lifetime,
+        max_allocations: count(
+            cx,
+            raw.max_allocations,
+            DEFAULT_MAX_ALLOCATIONS,
+            "relay.max_allocations",
+        )?,
+        max_allocations_per_user: count(
+            cx,
+            raw.max_allocations_per_user,
+            DEFAULT_MAX_ALLOCATIONS_PER_USER,
+            "relay.max_allocations_per_user",
+        )?,
+        legacy_channel_numbers: raw.legacy_channel_numbers.unwrap_or(false),
+        bandwidth_per_allocation: match raw.bandwidth_per_allocation {
+            None => 0,
+            Some(s) => parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
+        },
+        bandwidth_total: match raw.bandwidth_total {
+            None => 0,
+            Some(s) => parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
+        },
+    })
+}
+
+/// Checks a host name for `server_name`: letters, digits, '-' and '.', as in a URL.
+fn check_dns_name(name: &str) -> Result<&str, String> {
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || trimmed.len() > 253 || !trimmed.split('.').all(ok_label) {
+        return Err(format!(
+            "server_name {name:?} is not a DNS name: use the name clients connect to, e.g. \"turn.example.org\""
+        ));
+    }
+    Ok(trimmed)
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `log.level` directive list. `EnvFilter` reads a lone word such as `"verbose"` as a
+/// module name and then logs nothing at all, so every directive must be a level, or
+/// `TARGET=LEVEL`.
+/// Returns the directives with the spaces around commas taken out, as `EnvFilter` wants them.
+pub(super) fn check_log_level(text: &str) -> Result<String, String> {
+    let levels = LOG_LEVELS.join(", ");
+    let mut any = false;
+    for d in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        any = true;
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            _ if d.contains('=') => return Err(format!("{d:?} has no target before '='")),
+            _ => d,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(if d.contains('=') {
+                format!("unknown level {level:?} in {d:?}: use one of {levels}")
+            } else {
+                format!("unknown level {level:?}: use one of {levels}, or TARGET=LEVEL (e.g. \"turnd=debug\")")
+            });
+        }
+    }
+    if !any {
+        return Err(format!("no level given: use one of {levels}"));
+    }
+    let normal: Vec<&str> = text.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    let normal = normal.join(",");
+    tracing_subscriber::EnvFilter::try_new(&normal).map_err(|e| e.to_string())?;
+    Ok(normal)
+}
+
+fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    let mut secrets = Vec::new();
+    for s in raw.secrets.unwrap_or_default() {
+        if s.get_ref().is_empty() {
+            return Err(cx.err(s.span(), "auth.secrets entries must not be empty"));
+        }
+        secrets.push(s.into_inner());
+    }
+    let mut users: Vec<InlineUser> = Vec::new();
+    for u in raw.users.unwrap_or_default() {
+        let name = crate::auth::UserName::new(u.name.get_ref()).map_err(|e| cx.err(u.name.span(), e))?;
+        if users.iter().any(|x| x.name == name) {
+            return Err(cx.err(u.name.span(), format!("user {:?} appears twice", u.name.get_ref())));
+        }
+        if u.password.get_ref().is_empty() {
+            return Err(cx.err(u.password.span(), "password must not be empty"));
+        }
+        users.push(InlineUser {
+            name,
+            password: u.password.into_inner(),
+        });
+    }
+    let nonce_lifetime = match raw.nonce_lifetime {
+        None => DEFAULT_NONCE_LIFETIME,
+        Some(s) => duration_at_least(cx, &s, Duration::from_secs(10), "auth.nonce_lifetime")?,
+    };
+    let users_file = match raw.users_file {
+        None => paths::default_users_file(),
+        Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "auth.users_file is empty")),
+        Some(p) => PathBuf::from(p.into_inner()),
+    };
+    let sha256 = match raw.password_algorithms {
+        None => false,
+        Some(list) => {
+            let span = list.span();
+            let mut sha256 = false;
+            let mut md5 = false;
+            for a in list.into_inner() {
+                match a.get_ref().as_str() {
+                    "md5" => md5 = true,
+                    "sha256" => sha256 = true,
+                    other => {
+                        return Err(cx.err(
+                            a.span(),
+                            format!("unknown password algorithm {other:?}: use \"md5\" and \"sha256\""),
+                        ))
+                    }
+                }
+            }
+            if !md5 {
+                // RFC 5389 clients (browsers among them) know only MD5.
+                return Err(cx.err(
+                    span,
+                    "auth.password_algorithms must include \"md5\", which every client knows",
+                ));
+            }
+            sha256
+        }
+    };
+    Ok(AuthConfig {
+        sha256,
+        users_file,
+        secrets,
+        users,
+        nonce_lifetime,
+    })
+}
+
+fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigError> {
+    let addr_text = raw.address.get_ref();
+    let address: SocketAddr = addr_text.parse().map_err(|_| {
+        let hint = match addr_text.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u64>().is_ok_and(|p| p > 65535) => {
+                format!("port {port} is out of range (0-65535)")
+            }
+            Some((host, _)) if host.contains(':') && !host.starts_with('[') => {
+                "IPv6 addresses need brackets, e.g. \"[::]:3478\"".to_string()
+            }
+            _ => "expected IP:PORT, e.g. \"0.0.0.0:3478\" or \"[::]:3478\"".to_string(),
+        };
+        cx.err(
+            raw.address.span(),
+            format!("invalid listen address {addr_text:?}: {hint}"),
+        )
+    })?;
+    let (udp, tcp, tls) = match raw.protocols {
+        None => (true, true, false),
+        Some(p) => {
+            if p.get_ref().is_empty() {
+                return Err(cx.err(p.span(), "protocols is empty: use \"udp\", \"tcp\", \"tls\""));
+            }
+            let has = |x| p.get_ref().contains(&x);
+            if has(Protocol::Tcp) && has(Protocol::Tls) {
+                return Err(cx.err(
+                    p.span(),
+                    "\"tcp\" and \"tls\" are both TCP: give them different addresses",
+                ));
+            }
+            (has(Protocol::Udp), has(Protocol::Tcp), has(Protocol::Tls))
+        }
+    };
+    let max_connections = match raw.max_connections {
+        None => DEFAULT_MAX_CONNECTIONS,
+        Some(m) => {
+            let v = *m.get_ref();
+            usize::try_from(v)
+                .ok()
+                .filter(|&n| (1..=1_000_000).contains(&n))
+                .ok_or_else(|| {
+                    cx.err(
+                        m.span(),
+                        format!("max_connections must be between 1 and 1000000, got {v}"),
+                    )
+                })?
+        }
+    };
+    let max_connections_per_ip = match raw.max_connections_per_ip {
+        None => DEFAULT_MAX_CONNECTIONS_PER_IP.min(max_connections),
+        Some(m) => {
+            let v = *m.get_ref();
+            usize::try_from(v)
+                .ok()
+                .filter(|&n| (1..=max_connections).contains(&n))
+                .ok_or_else(|| {
+                    cx.err(
+                        m.span(),
+                        format!(
+                            "max_connections_per_ip must be between 1 and max_connections ({max_connections}), got {v}"
+                        ),
+                    )
+                })?
+        }
+    };
+    let idle_timeout = match raw.idle_timeout {
+        None => parse_duration(DEFAULT_IDLE_TIMEOUT).unwrap_or(Duration::from_secs(60)),
+        Some(s) => {
+            let d = parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?;
+            if d < Duration::from_secs(1) {
+                return Err(cx.err(s.span(), "idle_timeout must be at least 1s"));
+            }
+            d
+        }
+    };
+    Ok(Listener {
+        address,
+        udp,
+        tcp,
+        tls,
+        max_connections,
+        max_connections_per_ip,
+        idle_timeout,
+    })
+}
