@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 
+use arrayvec::ArrayVec;
+
 use super::attr::{decode_text, decode_u32, decode_xor_address};
 use super::{AttrType, Message};
 
@@ -98,7 +100,7 @@ pub struct TurnAttributes<'a> {
     pub reservation_token: Field<&'a [u8]>,
     pub channel_number: Field<u16>,
     /// XOR-PEER-ADDRESS values in order, as far as they decoded.
-    pub peers: [Option<SocketAddr>; MAX_PEERS],
+    pub peers: ArrayVec<SocketAddr, MAX_PEERS>,
     /// What ended the list early, if anything did: it comes right after the last decoded one.
     pub peers_error: Option<PeersError>,
     pub data: Field<&'a [u8]>,
@@ -109,7 +111,6 @@ impl<'a> TurnAttributes<'a> {
     pub fn decode(msg: &Message<'a>) -> Self {
         let tid = msg.transaction_id();
         let mut v = TurnAttributes::default();
-        let mut n_peers = 0;
         for a in msg.attributes() {
             let value = a.value;
             match a.typ {
@@ -134,13 +135,11 @@ impl<'a> TurnAttributes<'a> {
                 AttrType::DATA => v.data.set(Some(value)),
                 AttrType::XOR_PEER_ADDRESS if v.peers_error.is_none() => match decode_xor_address(value, &tid) {
                     Err(_) => v.peers_error = Some(PeersError::Malformed),
-                    Ok(peer) => match v.peers.get_mut(n_peers) {
-                        Some(slot) => {
-                            *slot = Some(peer);
-                            n_peers += 1;
+                    Ok(peer) => {
+                        if v.peers.try_push(peer).is_err() {
+                            v.peers_error = Some(PeersError::TooMany);
                         }
-                        None => v.peers_error = Some(PeersError::TooMany),
-                    },
+                    }
                 },
                 _ => {}
             }
@@ -150,7 +149,7 @@ impl<'a> TurnAttributes<'a> {
 
     /// The first XOR-PEER-ADDRESS, if it decoded.
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.peers[0]
+        self.peers.first().copied()
     }
 }
 
@@ -200,7 +199,7 @@ mod tests {
             w.xor_address(AttrType::XOR_PEER_ADDRESS, a).unwrap();
         });
         let v = TurnAttributes::decode(&Message::parse(&bytes).unwrap());
-        assert_eq!(&v.peers[..3], &[Some(a), Some(b), None]);
+        assert_eq!(v.peers.as_slice(), &[a, b]);
         assert_eq!(v.peers_error, Some(PeersError::Malformed));
         assert_eq!(v.peer(), Some(a));
     }

@@ -211,7 +211,7 @@ impl<R: RelayIo> Engine<R> {
         let mut n = 0;
         // All or nothing: check every peer before installing any (RFC 8656 §10.2), in order,
         // up to the first one that did not decode.
-        for (slot, peer) in peers.iter_mut().zip(attrs.peers.iter().map_while(|p| *p)) {
+        for (slot, &peer) in peers.iter_mut().zip(&attrs.peers) {
             *slot = Some(self.check_peer(id, peer)?);
             n += 1;
         }
