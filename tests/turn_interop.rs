@@ -311,24 +311,31 @@ fn coturn_uclient_refusals_name_what_to_change() {
             .output()
             .expect("turnutils_uclient missing: install Debian's coturn package (bash .ci/deps)");
     };
-    let wait_for = |needle: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let wait_for = |needle: &str, within: Duration| {
+        let deadline = std::time::Instant::now() + within;
         while let Ok(line) = t
             .log
             .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
         {
             if line.contains(needle) {
-                return line;
+                return Some(line);
             }
         }
-        panic!("no log line with {needle:?}");
+        None
     };
-    // coturn's clients before 4.16 pick channel numbers above RFC 8656's 0x4FFF.
-    run(&["-c"]);
-    let line = wait_for("channel number out of range");
+    // coturn's clients before 4.16 pick channel numbers at random in 0x4000..=0x7FFF, so a
+    // quarter of their picks fall inside RFC 8656's range and succeed. Each run has at least
+    // a 3 in 4 chance of a refusal; ten runs without one would mean turnd accepted them.
+    let line = (0..10)
+        .find_map(|_| {
+            run(&["-c"]);
+            wait_for("channel number out of range", Duration::from_secs(3))
+        })
+        .expect("ten runs of coturn's client with -c and no log line with \"channel number out of range\"");
     assert!(line.contains("(setting: relay.legacy_channel_numbers)"), "{line}");
     // Without -c it asks for an RTCP port pair.
     run(&[]);
-    let line = wait_for("EVEN-PORT with port reservation");
+    let line = wait_for("EVEN-PORT with port reservation", Duration::from_secs(10))
+        .expect("no log line with \"EVEN-PORT with port reservation\"");
     assert!(line.contains("add -c"), "{line}");
 }
