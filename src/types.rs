@@ -12,13 +12,16 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 /// The client-side transport a packet arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
-    Udp,
-    Tcp,
+    // The discriminants index the per-transport counters.
+    Udp = 0,
+    Tcp = 1,
     /// TCP with TLS: stream framing, like TCP.
     Tls,
 }
 
 impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "udp",

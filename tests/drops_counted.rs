@@ -43,12 +43,15 @@ fn every_malformed_datagram_is_counted_by_reason() {
     let mut buf = [0u8; 1500];
     sock.recv(&mut buf).unwrap();
 
-    let total: u64 = DropReason::ALL.iter().map(|r| metrics.dropped_packets(*r)).sum();
+    let total: u64 = DropReason::ALL
+        .iter()
+        .map(|r| metrics.total(|s| &s.dropped[*r as usize]))
+        .sum();
     assert_eq!(total, table.len() as u64, "each malformed datagram counted once");
-    assert_eq!(metrics.dropped_packets(DropReason::bad_fingerprint), 1);
-    assert_eq!(metrics.dropped_packets(DropReason::unexpected_class), 3);
-    assert_eq!(metrics.dropped_packets(DropReason::no_allocation), 1);
-    assert_eq!(metrics.binding_requests(Transport::Udp), 1);
+    assert_eq!(metrics.total(|s| &s.dropped[DropReason::bad_fingerprint as usize]), 1);
+    assert_eq!(metrics.total(|s| &s.dropped[DropReason::unexpected_class as usize]), 3);
+    assert_eq!(metrics.total(|s| &s.dropped[DropReason::no_allocation as usize]), 1);
+    assert_eq!(metrics.total(|s| &s.binding[Transport::Udp as usize]), 1);
 
     let text = metrics.encode();
     assert!(

@@ -280,8 +280,11 @@ fn allocate_needs_a_challenge_then_succeeds_with_integrity() {
     assert_eq!(relay.ip(), IpAddr::from([127, 0, 0, 1]));
     assert!(relay.port() >= 49152);
     assert_eq!(w.relay.open_sockets(), 1);
-    assert_eq!(w.metrics.allocations_active(Transport::Udp), 1);
-    assert_eq!(w.metrics.turn_requests(TurnMethod::allocate, true), 1);
+    assert_eq!(w.metrics.level(|s| &s.allocations_active[Transport::Udp as usize]), 1);
+    assert_eq!(
+        w.metrics.total(|s| &s.turn_requests[TurnMethod::allocate as usize][0]),
+        1
+    );
 }
 
 #[test]
@@ -296,7 +299,7 @@ fn allocation_expires_at_its_deadline_and_not_a_tick_before() {
     assert_eq!(w.engine.allocation_count(), 0);
     assert_eq!(w.relay.open_sockets(), 0, "relay socket released");
     assert_eq!(w.shared.quota.total(), 0, "quota released");
-    assert_eq!(w.metrics.allocations_active(Transport::Udp), 0);
+    assert_eq!(w.metrics.level(|s| &s.allocations_active[Transport::Udp as usize]), 0);
     assert_eq!(w.ask(&mut c, &t, |c| c.refresh(600)).error, Some(437));
 }
 
@@ -333,11 +336,11 @@ fn permission_expires_at_five_minutes_and_gates_both_directions() {
     // No permission yet: both directions drop.
     assert!(w.peer_sends(token, peer(7000), b"hi").is_none());
     assert!(matches!(w.send(&t, &c.send(peer(7000), b"hi")), Sent::None));
-    assert_eq!(w.metrics.dropped_packets(DropReason::no_permission), 2);
+    assert_eq!(w.metrics.total(|s| &s.dropped[DropReason::no_permission as usize]), 2);
 
     let relay_addr = w.engine.allocations().next().unwrap().relays[0].as_ref().unwrap().bound;
     success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
-    assert_eq!(w.metrics.permissions_active(), 1);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 1);
     // Permissions are per IP: any port of the peer may answer.
     let (to, bytes) = w.peer_sends(token, peer(7001), b"pong").unwrap();
     assert_eq!(to, t);
@@ -351,12 +354,20 @@ fn permission_expires_at_five_minutes_and_gates_both_directions() {
 
     w.at(Duration::from_secs(300) - TICK);
     assert!(w.peer_sends(token, peer(7000), b"x").is_some());
-    assert_eq!(w.metrics.permissions_active(), 1);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 1);
     w.at(Duration::from_secs(300));
     assert!(w.peer_sends(token, peer(7000), b"x").is_none());
-    assert_eq!(w.metrics.permissions_active(), 0);
-    assert_eq!(w.metrics.relay_packets(Direction::peer_to_client), 2);
-    assert_eq!(w.metrics.relay_packets(Direction::client_to_peer), 1);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 0);
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.relay_packets[Direction::peer_to_client as usize]),
+        2
+    );
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.relay_packets[Direction::client_to_peer as usize]),
+        1
+    );
 }
 
 #[test]
@@ -368,7 +379,7 @@ fn channel_binding_lasts_ten_minutes_then_cools_down_five() {
     success(&w.ask(&mut c, &t, |c| c.refresh(3600)));
     let token = w.token(&t);
     success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
-    assert_eq!(w.metrics.channels_active(), 1);
+    assert_eq!(w.metrics.level(|s| &s.channels_active), 1);
 
     // Peer data arrives as ChannelData; client ChannelData reaches the peer.
     let (_, bytes) = w.peer_sends(token, peer(7000), b"abc").unwrap();
@@ -403,7 +414,7 @@ fn channel_binding_lasts_ten_minutes_then_cools_down_five() {
         w.send(&t, &TestClient::channel_data(0x4001, b"1", false)),
         Sent::None
     ));
-    assert_eq!(w.metrics.channels_active(), 0);
+    assert_eq!(w.metrics.level(|s| &s.channels_active), 0);
     // Unbound, so peer data is a Data indication again.
     let (_, bytes) = w.peer_sends(token, peer(7000), b"abc").unwrap();
     assert_eq!(Message::parse(&bytes).unwrap().method(), Method::DATA);
@@ -451,12 +462,19 @@ fn stale_nonce_gets_438_with_a_fresh_nonce() {
     assert_eq!(r.error, Some(438));
     assert_ne!(c.nonce, old, "a fresh nonce came with the 438");
     success(&w.ask(&mut c, &t, |c| c.refresh(600)));
-    assert_eq!(w.metrics.auth_failures(AuthFailure::stale_nonce), 1);
+    assert_eq!(
+        w.metrics.total(|s| &s.auth_failures[AuthFailure::stale_nonce as usize]),
+        1
+    );
     // A nonce from another client is not accepted either.
     let mut other = c.clone();
     let r = w.ask_once(&mut other, &tuple(5001), |c| c.allocate());
     assert_eq!(r.error, Some(438));
-    assert_eq!(w.metrics.auth_failures(AuthFailure::invalid_nonce), 1);
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.auth_failures[AuthFailure::invalid_nonce as usize]),
+        1
+    );
 }
 
 #[test]
@@ -522,7 +540,11 @@ fn other_credentials_on_an_allocation_get_441() {
         w.ask(&mut bob, &t, |c| c.create_permission(&[peer(7000)])).error,
         Some(441)
     );
-    assert_eq!(w.metrics.auth_failures(AuthFailure::wrong_credentials), 1);
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.auth_failures[AuthFailure::wrong_credentials as usize]),
+        1
+    );
 }
 
 #[test]
@@ -574,9 +596,21 @@ fn authentication_failures_are_counted_by_reason() {
     // REST: valid.
     let (user, pass) = secrets.mint(1_900_000_000, Some("carol")).unwrap();
     success(&w.allocate(&mut TestClient::new(&user, REALM, &pass), &tuple(4)));
-    assert_eq!(w.metrics.auth_failures(AuthFailure::bad_integrity), 1);
-    assert_eq!(w.metrics.auth_failures(AuthFailure::unknown_user), 1);
-    assert_eq!(w.metrics.auth_failures(AuthFailure::expired_credential), 1);
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.auth_failures[AuthFailure::bad_integrity as usize]),
+        1
+    );
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.auth_failures[AuthFailure::unknown_user as usize]),
+        1
+    );
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.auth_failures[AuthFailure::expired_credential as usize]),
+        1
+    );
 }
 
 #[test]
@@ -662,8 +696,11 @@ fn negative_cases_have_their_error_codes() {
         w.ask(&mut c, &t, |c| c.create_permission(&[peer(1), denied])).error,
         Some(403)
     );
-    assert_eq!(w.metrics.permissions_active(), 0);
-    assert_eq!(w.metrics.turn_requests(TurnMethod::allocate, false), 6);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 0);
+    assert_eq!(
+        w.metrics.total(|s| &s.turn_requests[TurnMethod::allocate as usize][1]),
+        6
+    );
 }
 
 #[test]
@@ -776,7 +813,8 @@ fn small_port_pool_is_exhausted_then_fully_reused() {
     assert_eq!(w.engine.allocation_count(), 0);
     assert_eq!(w.shared.quota.total(), 0);
     assert_eq!(
-        w.metrics.allocations_active(Transport::Udp) + w.metrics.allocations_active(Transport::Tcp),
+        w.metrics.level(|s| &s.allocations_active[Transport::Udp as usize])
+            + w.metrics.level(|s| &s.allocations_active[Transport::Tcp as usize]),
         0
     );
     for i in 0..4 {
@@ -869,8 +907,12 @@ fn peer_address_bypasses_are_refused_on_every_path() {
         );
         assert!(matches!(w.send(&t, &c.send(p, b"x")), Sent::None), "Send {p}");
     }
-    assert_eq!(w.metrics.permissions_active(), 0);
-    assert_eq!(w.metrics.relay_packets(Direction::client_to_peer), 0);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 0);
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.relay_packets[Direction::client_to_peer as usize]),
+        0
+    );
 }
 
 /// CVE-2020-4067: uninitialised padding leaked memory. Every response is written into a
@@ -986,7 +1028,12 @@ fn truncated_and_misaligned_input_never_panics_and_is_never_answered() {
                 let mut m = s.clone();
                 let l = u16::from_be_bytes([m[off + 2], m[off + 3]]).wrapping_add(delta);
                 m[off + 2..off + 4].copy_from_slice(&l.to_be_bytes());
-                let drops = |w: &World| -> u64 { DropReason::ALL.iter().map(|r| w.metrics.dropped_packets(*r)).sum() };
+                let drops = |w: &World| -> u64 {
+                    DropReason::ALL
+                        .iter()
+                        .map(|r| w.metrics.total(|s| &s.dropped[*r as usize]))
+                        .sum()
+                };
                 let before = drops(&w);
                 let sent = w.send(&t, &m);
                 if turnd::proto::Message::parse(&m).is_err() && m[0] & 0xC0 == 0 {
@@ -1050,7 +1097,7 @@ fn bandwidth_caps_drop_and_count_the_excess() {
         })
         .count();
     assert_eq!(passed, 5);
-    assert_eq!(w.metrics.dropped_packets(DropReason::bandwidth), 5);
+    assert_eq!(w.metrics.total(|s| &s.dropped[DropReason::bandwidth as usize]), 5);
     // A second later the budget is back.
     let at = w.now + Duration::from_secs(1) - w.start;
     w.at(at);
@@ -1074,7 +1121,7 @@ fn permissions_per_allocation_are_capped() {
     assert_eq!(w.ask(&mut c, &t, |c| c.channel_bind(0x4000, over)).error, Some(508));
     // Refreshing an existing one is still fine.
     success(&w.ask(&mut c, &t, |c| c.create_permission(&["10.0.0.1:1".parse().unwrap()])));
-    assert_eq!(w.metrics.permissions_active(), 1024);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 1024);
 }
 
 #[test]
@@ -1096,7 +1143,7 @@ fn the_server_wide_bandwidth_cap_is_shared_by_all_allocations() {
         })
         .count();
     assert_eq!(passed, 5);
-    assert_eq!(w.metrics.dropped_packets(DropReason::bandwidth), 5);
+    assert_eq!(w.metrics.total(|s| &s.dropped[DropReason::bandwidth as usize]), 5);
 }
 
 /// Every byte the engine gives out during one scripted session with `seed`: answers,
@@ -1190,9 +1237,9 @@ fn the_harness_jumps_to_each_deadline_and_nothing_expires_early() {
     assert!(w.ask(&mut c, &t, |c| c.create_permission(&[peer(1)])).error.is_none());
     // Permission at 5 minutes, allocation at 10: two wake-ups, each at its deadline.
     assert_eq!(w.run_until(Duration::from_secs(299)), 0);
-    assert_eq!(w.metrics.permissions_active(), 1);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 1);
     assert_eq!(w.run_until(Duration::from_secs(300)), 1);
-    assert_eq!(w.metrics.permissions_active(), 0);
+    assert_eq!(w.metrics.level(|s| &s.permissions_active), 0);
     assert_eq!(w.engine.allocation_count(), 1);
     assert_eq!(w.run_until(Duration::from_secs(3600)), 1);
     assert_eq!(w.engine.allocation_count(), 0);
@@ -1249,7 +1296,11 @@ fn over_a_lossy_reordering_link_retransmissions_get_the_same_answers() {
             }
         }
     }
-    assert_eq!(w.metrics.relay_packets(Direction::client_to_peer), relayed);
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.relay_packets[Direction::client_to_peer as usize]),
+        relayed
+    );
     assert!((40..=90).contains(&relayed), "{relayed} of 100 got through a 30% loss");
 }
 
@@ -1323,7 +1374,11 @@ fn an_expired_rest_credential_is_refused_on_the_engines_clock() {
     w.now += Duration::from_secs(2);
     let r = w.allocate(&mut TestClient::new(&user, REALM, &pass), &tuple(5501));
     assert_eq!(r.error, Some(401));
-    assert_eq!(w.metrics.auth_failures(AuthFailure::expired_credential), 1);
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.auth_failures[AuthFailure::expired_credential as usize]),
+        1
+    );
 }
 
 #[test]
@@ -1345,7 +1400,7 @@ fn unauthenticated_answers_are_limited_per_source_ip() {
     };
     // 500 at one instant: exactly a second's worth is answered.
     assert_eq!(answered(&mut w, &noisy, 500), 50);
-    assert_eq!(w.metrics.dropped_packets(DropReason::rate_limited), 450);
+    assert_eq!(w.metrics.total(|s| &s.dropped[DropReason::rate_limited as usize]), 450);
     // Another address is not affected.
     let quiet = FiveTuple {
         client: SocketAddr::from(([127, 0, 0, 2], 5601)),

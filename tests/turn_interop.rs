@@ -69,34 +69,34 @@ async fn webrtc_send_then_channel(v6: bool) {
     let relay = client.allocate().await.expect("allocate");
     let relayed = relay.local_addr().unwrap();
     assert!(relayed.is_ipv4() && relayed.ip().is_loopback(), "{relayed}");
-    assert_eq!(m.allocations_active(Transport::Udp), 1);
+    assert_eq!(m.level(|s| &s.allocations_active[Transport::Udp as usize]), 1);
 
     // The first packet goes out as a Send indication while the client binds a channel.
     round_trip(&relay, peer, b"first, by Send indication").await;
-    assert!(m.framing(Framing::send_indication) >= 1);
+    assert!(m.total(|s| &s.framing[Framing::send_indication as usize]) >= 1);
 
     // Once the client has its channel, it switches to ChannelData.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         assert!(Instant::now() < deadline, "the client never switched to ChannelData");
-        let sends = m.framing(Framing::send_indication);
+        let sends = m.total(|s| &s.framing[Framing::send_indication as usize]);
         round_trip(&relay, peer, b"warming up").await;
-        if m.framing(Framing::send_indication) == sends {
+        if m.total(|s| &s.framing[Framing::send_indication as usize]) == sends {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(m.turn_requests(TurnMethod::channel_bind, true), 1);
-    let before = m.framing(Framing::channel_data);
-    let sends_before = m.framing(Framing::send_indication);
+    assert_eq!(m.total(|s| &s.turn_requests[TurnMethod::channel_bind as usize][0]), 1);
+    let before = m.total(|s| &s.framing[Framing::channel_data as usize]);
+    let sends_before = m.total(|s| &s.framing[Framing::send_indication as usize]);
     for i in 0..20u8 {
         round_trip(&relay, peer, &[i; 100]).await;
     }
-    let sent = m.framing(Framing::channel_data) - before;
+    let sent = m.total(|s| &s.framing[Framing::channel_data as usize]) - before;
     assert_eq!(sent, 40, "20 each way as ChannelData");
-    assert_eq!(m.framing(Framing::send_indication), sends_before);
-    assert!(m.relay_packets(Direction::client_to_peer) >= 21);
-    assert!(m.relay_packets(Direction::peer_to_client) >= 21);
+    assert_eq!(m.total(|s| &s.framing[Framing::send_indication as usize]), sends_before);
+    assert!(m.total(|s| &s.relay_packets[Direction::client_to_peer as usize]) >= 21);
+    assert!(m.total(|s| &s.relay_packets[Direction::peer_to_client as usize]) >= 21);
     relay.close().await.unwrap();
     client.close().await.unwrap();
 }
@@ -130,9 +130,14 @@ async fn webrtc_turn_client_with_a_wrong_password_gets_no_allocation() {
     let client = turn::client::Client::new(cfg).await.unwrap();
     client.listen().await.unwrap();
     assert!(client.allocate().await.is_err());
-    assert_eq!(turnd.metrics.allocations_active(Transport::Udp), 0);
     assert_eq!(
-        turnd.metrics.auth_failures(turnd::metrics::AuthFailure::bad_integrity),
+        turnd.metrics.level(|s| &s.allocations_active[Transport::Udp as usize]),
+        0
+    );
+    assert_eq!(
+        turnd
+            .metrics
+            .total(|s| &s.auth_failures[turnd::metrics::AuthFailure::bad_integrity as usize]),
         1
     );
     client.close().await.unwrap();

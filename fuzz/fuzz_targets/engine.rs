@@ -123,10 +123,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(relay.open_sockets(), sockets, "a relay socket leaked");
         assert_eq!(shared.quota.total() as usize, allocations, "quota out of step");
         assert!(allocations <= 4, "more allocations than 5-tuples");
-        let active = metrics.allocations_active(Transport::Udp) + metrics.allocations_active(Transport::Tcp);
+        let active = metrics.level(|s| &s.allocations_active[Transport::Udp as usize]) + metrics.level(|s| &s.allocations_active[Transport::Tcp as usize]);
         assert_eq!(active as usize, allocations);
         let perms: usize = engine.allocations().map(|a| a.permissions.len()).sum();
-        assert_eq!(metrics.permissions_active() as usize, perms);
+        assert_eq!(metrics.level(|s| &s.permissions_active) as usize, perms);
     }
     // When time runs out, everything is released.
     now += Duration::from_secs(4 * 3600);
@@ -134,6 +134,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(engine.allocation_count(), 0);
     assert_eq!(relay.open_sockets(), 0);
     assert_eq!(shared.quota.total(), 0);
-    assert_eq!(metrics.permissions_active(), 0);
-    assert_eq!(metrics.channels_active(), 0);
+    assert_eq!(metrics.level(|s| &s.permissions_active), 0);
+    assert_eq!(metrics.level(|s| &s.channels_active), 0);
 });

@@ -2,7 +2,7 @@
 //! default filled in and every error at its `path:line:col`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 100;
 
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
-const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Converts a byte offset into a 1-based (line, column).
 pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -69,29 +69,9 @@ impl Config {
             cx.err(span, e.message().trim_end().to_string())
         })?;
 
-        let threads = match raw.threads {
-            None => 0,
-            Some(t) => {
-                let v = *t.get_ref();
-                usize::try_from(v).ok().filter(|&n| n <= MAX_THREADS).ok_or_else(|| {
-                    cx.err(
-                        t.span(),
-                        format!("threads must be between 0 and {MAX_THREADS}, got {v}"),
-                    )
-                })?
-            }
-        };
+        let threads = int_in(&cx, raw.threads, 0, 0..=MAX_THREADS, "threads")?;
 
-        let software = match raw.software {
-            None => None,
-            Some(s) => {
-                let v = s.get_ref();
-                if v.is_empty() || v.len() > 127 || v.chars().any(char::is_control) {
-                    return Err(cx.err(s.span(), "software must be 1 to 127 bytes of printable text"));
-                }
-                Some(v.clone())
-            }
-        };
+        let software = raw.software.map(|s| printable(&cx, s, "software")).transpose()?;
 
         let listen = match raw.listen {
             None => Self::embedded().listen,
@@ -136,13 +116,7 @@ impl Config {
 
         let realm = match raw.realm {
             None => DEFAULT_REALM.to_string(),
-            Some(r) => {
-                let v = r.get_ref();
-                if v.is_empty() || v.chars().count() > 127 || v.chars().any(char::is_control) {
-                    return Err(cx.err(r.span(), "realm must be 1 to 127 printable characters"));
-                }
-                v.clone()
-            }
+            Some(r) => printable(&cx, r, "realm")?,
         };
         let relay = validate_relay(&cx, raw.relay.unwrap_or_default())?;
         let auth = validate_auth(&cx, raw.auth.unwrap_or_default())?;
@@ -216,22 +190,14 @@ impl Config {
             }
             None => None,
         };
-        let unauthenticated_rate = match raw.limits.unwrap_or_default().unauthenticated_rate {
-            None => DEFAULT_UNAUTHENTICATED_RATE,
-            Some(n) => u32::try_from(*n.get_ref()).map_err(|_| {
-                cx.err(
-                    n.span(),
-                    format!(
-                        "limits.unauthenticated_rate must be 0 (no limit) or more, got {}",
-                        n.get_ref()
-                    ),
-                )
-            })?,
-        };
-        let shutdown_grace = match raw.shutdown_grace {
-            None => DEFAULT_SHUTDOWN_GRACE,
-            Some(s) => parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
-        };
+        let unauthenticated_rate = int_in(
+            &cx,
+            raw.limits.unwrap_or_default().unauthenticated_rate,
+            DEFAULT_UNAUTHENTICATED_RATE,
+            0..=u32::MAX,
+            "limits.unauthenticated_rate (0: no limit)",
+        )?;
+        let shutdown_grace = duration_at_least(&cx, raw.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, Duration::ZERO, "")?;
 
         Ok(Config {
             source,
@@ -253,7 +219,15 @@ impl Config {
     }
 }
 
-fn duration_at_least(cx: &Ctx<'_>, s: &Spanned<String>, min: Duration, key: &str) -> Result<Duration, ConfigError> {
+/// A duration, `default` when absent, and no shorter than `min`.
+fn duration_at_least(
+    cx: &Ctx<'_>,
+    v: Option<Spanned<String>>,
+    default: Duration,
+    min: Duration,
+    key: &str,
+) -> Result<Duration, ConfigError> {
+    let Some(s) = v else { return Ok(default) };
     let d = parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?;
     if d < min {
         return Err(cx.err(s.span(), format!("{key} must be at least {}", format_duration(min))));
@@ -261,16 +235,28 @@ fn duration_at_least(cx: &Ctx<'_>, s: &Spanned<String>, min: Duration, key: &str
     Ok(d)
 }
 
-fn count(cx: &Ctx<'_>, v: Option<Spanned<i64>>, default: u32, key: &str) -> Result<u32, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(n) => u32::try_from(*n.get_ref()).ok().filter(|&x| x >= 1).ok_or_else(|| {
+/// An integer, `default` when absent, inside `range`.
+fn int_in<T>(
+    cx: &Ctx<'_>,
+    v: Option<Spanned<i64>>,
+    default: T,
+    range: RangeInclusive<T>,
+    key: &str,
+) -> Result<T, ConfigError>
+where
+    T: TryFrom<i64> + PartialOrd + std::fmt::Display,
+{
+    let Some(n) = v else { return Ok(default) };
+    T::try_from(*n.get_ref())
+        .ok()
+        .filter(|x| range.contains(x))
+        .ok_or_else(|| {
+            let (lo, hi) = (range.start(), range.end());
             cx.err(
                 n.span(),
-                format!("{key} must be between 1 and {}, got {}", u32::MAX, n.get_ref()),
+                format!("{key} must be between {lo} and {hi}, got {}", n.get_ref()),
             )
-        }),
-    }
+        })
 }
 
 /// Parses a list of IPs with at most one per family.
@@ -327,37 +313,50 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
         None => PortRange::DEFAULT,
         Some(p) => p.get_ref().parse().map_err(|e: String| cx.err(p.span(), e))?,
     };
-    let max_lifetime = match raw.max_lifetime {
-        None => DEFAULT_MAX_LIFETIME,
-        Some(s) => duration_at_least(cx, &s, crate::types::DEFAULT_LIFETIME, "relay.max_lifetime")?,
-    };
+    let max_lifetime = duration_at_least(
+        cx,
+        raw.max_lifetime,
+        DEFAULT_MAX_LIFETIME,
+        crate::types::DEFAULT_LIFETIME,
+        "relay.max_lifetime",
+    )?;
     Ok(RelayConfig {
         addresses,
         external,
         ports,
         max_lifetime,
-        max_allocations: count(
+        max_allocations: int_in(
             cx,
             raw.max_allocations,
             DEFAULT_MAX_ALLOCATIONS,
+            1..=u32::MAX,
             "relay.max_allocations",
         )?,
-        max_allocations_per_user: count(
+        max_allocations_per_user: int_in(
             cx,
             raw.max_allocations_per_user,
             DEFAULT_MAX_ALLOCATIONS_PER_USER,
+            1..=u32::MAX,
             "relay.max_allocations_per_user",
         )?,
         legacy_channel_numbers: raw.legacy_channel_numbers.unwrap_or(false),
-        bandwidth_per_allocation: match raw.bandwidth_per_allocation {
-            None => 0,
-            Some(s) => parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
-        },
-        bandwidth_total: match raw.bandwidth_total {
-            None => 0,
-            Some(s) => parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e))?,
-        },
+        bandwidth_per_allocation: size(cx, raw.bandwidth_per_allocation)?,
+        bandwidth_total: size(cx, raw.bandwidth_total)?,
     })
+}
+
+/// Text for SOFTWARE or REALM: 1 to 127 printable characters (RFC 8489 §14.9, §14.14).
+fn printable(cx: &Ctx<'_>, s: Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let v = s.get_ref();
+    if v.is_empty() || v.chars().count() > 127 || v.chars().any(char::is_control) {
+        return Err(cx.err(s.span(), format!("{key} must be 1 to 127 printable characters")));
+    }
+    Ok(s.into_inner())
+}
+
+/// A byte rate such as "10M"; 0 (no limit) when absent.
+fn size(cx: &Ctx<'_>, v: Option<Spanned<String>>) -> Result<u64, ConfigError> {
+    v.map_or(Ok(0), |s| parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e)))
 }
 
 /// Checks a host name for `server_name`: letters, digits, '-' and '.', as in a URL.
@@ -433,10 +432,13 @@ fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> 
             password: u.password.into_inner(),
         });
     }
-    let nonce_lifetime = match raw.nonce_lifetime {
-        None => DEFAULT_NONCE_LIFETIME,
-        Some(s) => duration_at_least(cx, &s, Duration::from_secs(10), "auth.nonce_lifetime")?,
-    };
+    let nonce_lifetime = duration_at_least(
+        cx,
+        raw.nonce_lifetime,
+        DEFAULT_NONCE_LIFETIME,
+        Duration::from_secs(10),
+        "auth.nonce_lifetime",
+    )?;
     let users_file = match raw.users_file {
         None => paths::default_users_file(),
         Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "auth.users_file is empty")),
@@ -512,48 +514,27 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
             (has(Protocol::Udp), has(Protocol::Tcp), has(Protocol::Tls))
         }
     };
-    let max_connections = match raw.max_connections {
-        None => DEFAULT_MAX_CONNECTIONS,
-        Some(m) => {
-            let v = *m.get_ref();
-            usize::try_from(v)
-                .ok()
-                .filter(|&n| (1..=1_000_000).contains(&n))
-                .ok_or_else(|| {
-                    cx.err(
-                        m.span(),
-                        format!("max_connections must be between 1 and 1000000, got {v}"),
-                    )
-                })?
-        }
-    };
-    let max_connections_per_ip = match raw.max_connections_per_ip {
-        None => DEFAULT_MAX_CONNECTIONS_PER_IP.min(max_connections),
-        Some(m) => {
-            let v = *m.get_ref();
-            usize::try_from(v)
-                .ok()
-                .filter(|&n| (1..=max_connections).contains(&n))
-                .ok_or_else(|| {
-                    cx.err(
-                        m.span(),
-                        format!(
-                            "max_connections_per_ip must be between 1 and max_connections ({max_connections}), got {v}"
-                        ),
-                    )
-                })?
-        }
-    };
-    let idle_timeout = match raw.idle_timeout {
-        None => parse_duration(DEFAULT_IDLE_TIMEOUT).unwrap_or(Duration::from_secs(60)),
-        Some(s) => {
-            let d = parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?;
-            if d < Duration::from_secs(1) {
-                return Err(cx.err(s.span(), "idle_timeout must be at least 1s"));
-            }
-            d
-        }
-    };
+    let max_connections = int_in(
+        cx,
+        raw.max_connections,
+        DEFAULT_MAX_CONNECTIONS,
+        1..=1_000_000,
+        "max_connections",
+    )?;
+    let max_connections_per_ip = int_in(
+        cx,
+        raw.max_connections_per_ip,
+        DEFAULT_MAX_CONNECTIONS_PER_IP.min(max_connections),
+        1..=max_connections,
+        "max_connections_per_ip (at most max_connections)",
+    )?;
+    let idle_timeout = duration_at_least(
+        cx,
+        raw.idle_timeout,
+        DEFAULT_IDLE_TIMEOUT,
+        Duration::from_secs(1),
+        "idle_timeout",
+    )?;
     Ok(Listener {
         address,
         udp,

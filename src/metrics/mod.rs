@@ -13,8 +13,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::server::stats::{transport_index, Count, LIFETIME_BUCKETS};
-pub use crate::server::stats::{AuthFailure, Direction, DropReason, Framing, Stats, TurnMethod};
+use crate::server::stats::LIFETIME_BUCKETS;
+pub use crate::server::stats::{AuthFailure, Count, Direction, DropReason, Framing, Level, Stats, TurnMethod};
 use crate::types::Transport;
 
 pub mod http;
@@ -44,12 +44,6 @@ struct BuildLabels {
     revision: &'static str,
 }
 
-const TRANSPORTS: [(Transport, &str); 3] = [
-    (Transport::Udp, "udp"),
-    (Transport::Tcp, "tcp"),
-    (Transport::Tls, "tls"),
-];
-
 /// Every shard's counters, registered as the shards start.
 #[derive(Debug, Default)]
 struct ShardSet {
@@ -60,14 +54,6 @@ struct ShardSet {
 impl ShardSet {
     fn all(&self) -> Vec<Arc<Stats>> {
         self.shards.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn sum(&self, f: impl Fn(&Stats) -> u64) -> u64 {
-        self.all().iter().map(|s| f(s)).fold(0, u64::wrapping_add)
-    }
-
-    fn level(&self, f: impl Fn(&Stats) -> i64) -> i64 {
-        self.all().iter().map(|s| f(s)).fold(0, i64::wrapping_add)
     }
 }
 
@@ -108,16 +94,21 @@ fn sum_of(shards: &[Arc<Stats>], f: impl Fn(&Stats) -> &Count) -> u64 {
     shards.iter().map(|s| f(s).get()).fold(0, u64::wrapping_add)
 }
 
+fn level_of(shards: &[Arc<Stats>], f: impl Fn(&Stats) -> &Level) -> i64 {
+    shards.iter().map(|s| f(s).get()).fold(0, i64::wrapping_add)
+}
+
 impl Collector for ShardCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let shards = self.0.all();
         let c = |f: &dyn Fn(&Stats) -> &Count| i128::from(sum_of(&shards, f));
+        let l = |f: &dyn Fn(&Stats) -> &Level| i128::from(level_of(&shards, f));
         family(
             &mut enc,
             "turnd_stun_binding_requests",
             "STUN Binding requests answered",
             MetricType::Counter,
-            TRANSPORTS.map(|(t, l)| ([("transport", l)], c(&|s| &s.binding[transport_index(t)]))),
+            Transport::ALL.map(|t| ([("transport", t.as_str())], c(&|s| &s.binding[t as usize]))),
         )?;
         let mut m = enc.encode_descriptor(
             "turnd_turn_requests",
@@ -146,32 +137,26 @@ impl Collector for ShardCollector {
             "turnd_allocations_active",
             "Allocations open now, by client transport",
             MetricType::Gauge,
-            TRANSPORTS.map(|(t, l)| {
-                let v: i64 = shards
-                    .iter()
-                    .map(|s| s.allocations_active[transport_index(t)].get())
-                    .sum();
-                ([("transport", l)], i128::from(v))
-            }),
+            Transport::ALL.map(|t| ([("transport", t.as_str())], l(&|s| &s.allocations_active[t as usize]))),
         )?;
         family(
             &mut enc,
             "turnd_allocations",
             "Allocations created, by client transport",
             MetricType::Counter,
-            TRANSPORTS.map(|(t, l)| ([("transport", l)], c(&|s| &s.allocations_opened[transport_index(t)]))),
+            Transport::ALL.map(|t| ([("transport", t.as_str())], c(&|s| &s.allocations_opened[t as usize]))),
         )?;
         gauge(
             &mut enc,
             "turnd_permissions_active",
             "Permissions installed now",
-            shards.iter().map(|s| s.permissions_active.get()).sum(),
+            level_of(&shards, |s| &s.permissions_active),
         )?;
         gauge(
             &mut enc,
             "turnd_channels_active",
             "Channels bound now",
-            shards.iter().map(|s| s.channels_active.get()).sum(),
+            level_of(&shards, |s| &s.channels_active),
         )?;
         let directions = || Direction::ALL.iter().copied();
         family(
@@ -266,53 +251,14 @@ impl Metrics {
         self.shards.shards.lock().unwrap_or_else(|e| e.into_inner()).push(stats);
     }
 
-    pub fn binding_requests(&self, t: Transport) -> u64 {
-        self.shards.sum(|s| s.binding[transport_index(t)].get())
+    /// A counter summed over every shard, e.g. `total(|s| &s.relay_bytes[0])`.
+    pub fn total(&self, f: impl Fn(&Stats) -> &Count) -> u64 {
+        sum_of(&self.shards.all(), f)
     }
 
-    pub fn turn_requests(&self, method: TurnMethod, success: bool) -> u64 {
-        self.shards
-            .sum(|s| s.turn_requests[method as usize][usize::from(!success)].get())
-    }
-
-    pub fn auth_failures(&self, reason: AuthFailure) -> u64 {
-        self.shards.sum(|s| s.auth_failures[reason as usize].get())
-    }
-
-    pub fn allocations_active(&self, t: Transport) -> i64 {
-        self.shards.level(|s| s.allocations_active[transport_index(t)].get())
-    }
-
-    pub fn allocations_total(&self, t: Transport) -> u64 {
-        self.shards.sum(|s| s.allocations_opened[transport_index(t)].get())
-    }
-
-    pub fn permissions_active(&self) -> i64 {
-        self.shards.level(|s| s.permissions_active.get())
-    }
-
-    pub fn channels_active(&self) -> i64 {
-        self.shards.level(|s| s.channels_active.get())
-    }
-
-    pub fn framing(&self, f: Framing) -> u64 {
-        self.shards.sum(|s| s.framing[f as usize].get())
-    }
-
-    pub fn relay_packets(&self, d: Direction) -> u64 {
-        self.shards.sum(|s| s.relay_packets[d as usize].get())
-    }
-
-    pub fn relay_bytes(&self, d: Direction) -> u64 {
-        self.shards.sum(|s| s.relay_bytes[d as usize].get())
-    }
-
-    pub fn dropped_packets(&self, reason: DropReason) -> u64 {
-        self.shards.sum(|s| s.dropped[reason as usize].get())
-    }
-
-    pub fn connections_refused(&self) -> u64 {
-        self.shards.sum(|s| s.connections_refused.get())
+    /// A level summed over every shard, e.g. `level(|s| &s.channels_active)`.
+    pub fn level(&self, f: impl Fn(&Stats) -> &Level) -> i64 {
+        level_of(&self.shards.all(), f)
     }
 
     /// Every metric in the OpenMetrics text format (what Prometheus asks for).

@@ -72,7 +72,7 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
                 }
                 _ => {
                     // Over the listener's or this IP's cap: closed at once, and counted.
-                    shard.engine.borrow().stats().connection_refused();
+                    shard.engine.borrow().stats().connections_refused.inc();
                     drop(stream);
                 }
             },

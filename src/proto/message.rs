@@ -271,12 +271,6 @@ impl<'a> Message<'a> {
     }
 }
 
-/// Cheap test for whether a packet could be STUN rather than ChannelData or other traffic
-/// (RFC 7983 demultiplexing: the first two bits are zero and the cookie matches).
-pub fn looks_like_stun(buf: &[u8]) -> bool {
-    buf.len() >= HEADER_LEN && buf[0] & 0xC0 == 0 && buf[4..8] == MAGIC_COOKIE.to_be_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -100,10 +100,6 @@ impl<S> Allocation<S> {
         self.channels.values().filter(|c| c.counted).count()
     }
 
-    pub fn active_permissions(&self, now: Instant) -> usize {
-        self.permissions.values().filter(|&&e| now < e).count()
-    }
-
     /// The earliest moment something about this allocation expires.
     pub fn next_deadline(&self, now: Instant) -> Instant {
         let mut t = self.expires;

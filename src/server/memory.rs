@@ -45,11 +45,6 @@ impl MemoryRelay {
     pub fn binds(&self) -> u64 {
         self.state.borrow().binds
     }
-
-    /// Marks `addr` as taken by someone else.
-    pub fn occupy(&self, addr: SocketAddr) {
-        self.state.borrow_mut().open.insert(addr);
-    }
 }
 
 impl RelayIo for MemoryRelay {

@@ -305,10 +305,6 @@ impl<R: RelayIo> Engine<R> {
         &self.io
     }
 
-    pub fn io_mut(&mut self) -> &mut R {
-        &mut self.io
-    }
-
     /// Number of allocations this engine holds.
     pub fn allocation_count(&self) -> usize {
         self.table.len()
@@ -476,8 +472,8 @@ impl<R: RelayIo> Engine<R> {
                 continue;
             }
             let (perms, chans) = a.sweep(now);
-            self.stats.permissions_delta(-(perms as i64));
-            self.stats.channels_delta(-(chans as i64));
+            self.stats.permissions_active.add(-(perms as i64));
+            self.stats.channels_active.add(-(chans as i64));
             self.table.reschedule(id, now);
         }
     }
@@ -488,8 +484,8 @@ impl<R: RelayIo> Engine<R> {
         self.shared.quota.release(&a.username);
         let lived = now.saturating_duration_since(a.created);
         m.allocation_closed(a.tuple.transport, lived);
-        m.permissions_delta(-(a.permissions.len() as i64));
-        m.channels_delta(-(a.counted_channels() as i64));
+        m.permissions_active.add(-(a.permissions.len() as i64));
+        m.channels_active.add(-(a.counted_channels() as i64));
         let t = a.traffic;
         tracing::info!(
             event = "allocation ended",

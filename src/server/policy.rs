@@ -105,10 +105,6 @@ impl PeerPolicy {
             _ => false,
         })
     }
-
-    pub fn allow_list(&self) -> &[IpNet] {
-        &self.allow
-    }
 }
 
 #[cfg(test)]

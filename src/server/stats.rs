@@ -133,15 +133,6 @@ pub const LIFETIME_BUCKETS: [f64; 11] = [
     10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0,
 ];
 
-/// Index of a transport in the per-transport arrays.
-pub fn transport_index(t: Transport) -> usize {
-    match t {
-        Transport::Udp => 0,
-        Transport::Tcp => 1,
-        Transport::Tls => 2,
-    }
-}
-
 /// Everything one shard counts.
 #[derive(Debug, Default)]
 // Its own cache lines: no other shard's counters share them.
@@ -182,7 +173,7 @@ impl Stats {
     }
 
     pub fn binding_request(&self, t: Transport) {
-        self.binding[transport_index(t)].inc();
+        self.binding[t as usize].inc();
     }
 
     pub fn turn_request(&self, method: TurnMethod, success: bool) {
@@ -194,12 +185,12 @@ impl Stats {
     }
 
     pub fn allocation_opened(&self, t: Transport) {
-        self.allocations_opened[transport_index(t)].inc();
-        self.allocations_active[transport_index(t)].add(1);
+        self.allocations_opened[t as usize].inc();
+        self.allocations_active[t as usize].add(1);
     }
 
     pub fn allocation_closed(&self, t: Transport, lived: Duration) {
-        self.allocations_active[transport_index(t)].add(-1);
+        self.allocations_active[t as usize].add(-1);
         let secs = lived.as_secs_f64();
         let bucket = LIFETIME_BUCKETS
             .iter()
@@ -210,18 +201,6 @@ impl Stats {
         }
         self.lifetime_ms
             .add(u64::try_from(lived.as_millis()).unwrap_or(u64::MAX));
-    }
-
-    pub fn permissions_delta(&self, delta: i64) {
-        self.permissions_active.add(delta);
-    }
-
-    pub fn channels_delta(&self, delta: i64) {
-        self.channels_active.add(delta);
-    }
-
-    pub fn connection_refused(&self) {
-        self.connections_refused.inc();
     }
 }
 

@@ -194,7 +194,7 @@ impl<R: RelayIo> Engine<R> {
     pub(super) fn install_permission(&mut self, id: AllocationId, ip: IpAddr, now: Instant) {
         if let Some(a) = self.table.get_mut(id) {
             if a.permissions.insert(ip, now + PERMISSION_LIFETIME).is_none() {
-                self.stats.permissions_delta(1);
+                self.stats.permissions_active.add(1);
             }
         }
     }
@@ -269,7 +269,7 @@ impl<R: RelayIo> Engine<R> {
         );
         a.channel_by_peer.insert(peer, number);
         if newly_active {
-            self.stats.channels_delta(1);
+            self.stats.channels_active.add(1);
         }
         self.install_permission(id, peer.ip(), now);
         self.table.reschedule(id, now);
