@@ -1,9 +1,9 @@
 //! The small types every layer shares: the client transport, the 5-tuple, the relay port
-//! range and the default allocation lifetime. This
-//! module imports nothing from the crate, so `proto`, `server`, `auth`, `metrics` and `net`
+//! range, the default allocation lifetime and the four addresses of NAT behaviour discovery.
+//! This module imports nothing from the crate, so `proto`, `server`, `auth`, `metrics` and `net`
 //! can all depend on it without depending on each other.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// The default allocation lifetime (RFC 8656 §2.2).
@@ -107,5 +107,32 @@ impl std::str::FromStr for PortRange {
 impl std::fmt::Display for PortRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The four local addresses of RFC 5780 NAT behaviour discovery: two IPs of one family, each
+/// with two ports. Index 0 is the primary (the configured listener), 1 the alternate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressQuad {
+    pub ips: [IpAddr; 2],
+    pub ports: [u16; 2],
+}
+
+impl AddressQuad {
+    /// Which IP and which port `local` is, when it is one of the four.
+    pub fn locate(&self, local: SocketAddr) -> Option<(usize, usize)> {
+        let ip = self.ips.iter().position(|&i| i == local.ip())?;
+        let port = self.ports.iter().position(|&p| p == local.port())?;
+        Some((ip, port))
+    }
+
+    /// The address with IP `ip` and port `port` (0 primary, 1 alternate).
+    pub fn at(&self, ip: usize, port: usize) -> SocketAddr {
+        SocketAddr::new(self.ips[ip & 1], self.ports[port & 1])
+    }
+
+    /// All four, the primary first.
+    pub fn all(&self) -> [SocketAddr; 4] {
+        [self.at(0, 0), self.at(0, 1), self.at(1, 0), self.at(1, 1)]
     }
 }

@@ -60,6 +60,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         unauthenticated_rate: config.limits.unauthenticated_rate,
         bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
         bandwidth_total: config.relay.bandwidth_total,
+        discovery: config.discovery().into_iter().map(|(_, quad)| quad).collect(),
     }
 }
 
@@ -193,6 +194,9 @@ impl Live {
         if new.admin.socket != self.config.admin.socket {
             restart.push("admin.socket");
         }
+        if new.nat_discovery != self.config.nat_discovery {
+            restart.push("nat_discovery");
+        }
         if new.log != self.config.log {
             restart.push("log");
         }
@@ -202,6 +206,10 @@ impl Live {
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "config reloaded, but these keys only take effect after a restart");
         }
+        let mut new = new;
+        // The engine's discovery addresses follow the sockets that are bound, not the file.
+        new.listen = std::mem::take(&mut self.config.listen);
+        new.nat_discovery = self.config.nat_discovery.clone();
         self.config = new;
         self.stamp = None;
         self.read_users_file();

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::types::PortRange;
+use crate::types::{AddressQuad, PortRange};
 
 pub use duration::{format_duration, format_size, parse_duration, parse_size};
 
@@ -223,6 +223,18 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// `[nat_discovery]` (RFC 5780): off while `alternate_addresses` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NatDiscoveryConfig {
+    /// A second local address per family, paired with the listeners on a concrete address
+    /// of that family.
+    #[serde(serialize_with = "render::each")]
+    pub alternate_addresses: Vec<IpAddr>,
+    /// The alternate port; `None` is each listener's port + 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternate_port: Option<u16>,
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
@@ -259,6 +271,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    pub nat_discovery: NatDiscoveryConfig,
     pub log: LogConfig,
 }
 
@@ -313,6 +326,45 @@ impl Config {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
+    }
+
+    /// The four discovery addresses of each listener that `[nat_discovery]` pairs with an
+    /// alternate address: listeners on a concrete IP of the alternate's family.
+    pub fn discovery(&self) -> Vec<(&Listener, AddressQuad)> {
+        let nd = &self.nat_discovery;
+        self.listen
+            .iter()
+            .filter(|l| !l.address.ip().is_unspecified())
+            .filter_map(|l| {
+                let alt = *nd
+                    .alternate_addresses
+                    .iter()
+                    .find(|a| a.is_ipv4() == l.address.is_ipv4())?;
+                let alt_port = nd.alternate_port.or(l.address.port().checked_add(1))?;
+                Some((
+                    l,
+                    AddressQuad {
+                        ips: [l.address.ip(), alt],
+                        ports: [l.address.port(), alt_port],
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Every listener to bind: the configured ones, then the three other addresses of each
+    /// discovery listener, serving the same protocols.
+    pub fn listeners(&self) -> Vec<Listener> {
+        let mut all = self.listen.clone();
+        for (l, quad) in self.discovery() {
+            all.extend(
+                quad.all()
+                    .into_iter()
+                    .skip(1)
+                    .map(|address| Listener { address, ..l.clone() }),
+            );
+        }
+        all
     }
 
     /// The effective configuration as TOML, every default filled in, secrets redacted.

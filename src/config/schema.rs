@@ -36,7 +36,18 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) limits: Option<RawLimits>,
     #[serde(default)]
+    pub(super) nat_discovery: Option<RawNatDiscovery>,
+    #[serde(default)]
     pub(super) log: Option<RawLog>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNatDiscovery {
+    #[serde(default)]
+    pub(super) alternate_addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) alternate_port: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::schema::{RawAuth, RawConfig, RawListen, RawRelay};
+use super::schema::{RawAuth, RawConfig, RawListen, RawNatDiscovery, RawRelay};
 use super::*;
 
 /// Largest `threads` value accepted.
@@ -199,6 +199,8 @@ impl Config {
         )?;
         let shutdown_grace = duration_at_least(&cx, raw.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, Duration::ZERO, "")?;
 
+        let nat_discovery = validate_nat_discovery(&cx, raw.nat_discovery.unwrap_or_default(), &listen)?;
+
         Ok(Config {
             source,
             threads,
@@ -214,6 +216,7 @@ impl Config {
             tls,
             shutdown_grace,
             limits: LimitsConfig { unauthenticated_rate },
+            nat_discovery,
             log,
         })
     }
@@ -352,6 +355,109 @@ fn printable(cx: &Ctx<'_>, s: Spanned<String>, key: &str) -> Result<String, Conf
         return Err(cx.err(s.span(), format!("{key} must be 1 to 127 printable characters")));
     }
     Ok(s.into_inner())
+}
+
+/// `[nat_discovery]`: each alternate address is local, pairs with a listener on a concrete
+/// address of its family, and none of the addresses it adds is already served.
+fn validate_nat_discovery(
+    cx: &Ctx<'_>,
+    raw: RawNatDiscovery,
+    listen: &[Listener],
+) -> Result<NatDiscoveryConfig, ConfigError> {
+    let alternate_port = raw
+        .alternate_port
+        .as_ref()
+        .map(|p| int_in(cx, Some(p.clone()), 0, 1..=u16::MAX, "nat_discovery.alternate_port"))
+        .transpose()?;
+    let Some(list) = raw.alternate_addresses else {
+        return Ok(NatDiscoveryConfig {
+            alternate_addresses: Vec::new(),
+            alternate_port,
+        });
+    };
+    let spans: Vec<Range<usize>> = list.get_ref().iter().map(|i| i.span()).collect();
+    let whole = list.span();
+    let addresses = ip_per_family(cx, list, "nat_discovery.alternate_addresses")?;
+    let port_span = raw.alternate_port.as_ref().map_or(whole.clone(), |p| p.span());
+    // Every address served so far: (address, UDP, TCP or TLS, the listener it belongs to).
+    let mut served: Vec<(SocketAddr, bool, bool, SocketAddr)> = listen
+        .iter()
+        .map(|l| (l.address, l.udp, l.is_stream(), l.address))
+        .collect();
+    for (ip, span) in addresses.iter().zip(spans) {
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(cx.err(span, format!("alternate address {ip} cannot be a server address")));
+        }
+        let primaries: Vec<&Listener> = listen
+            .iter()
+            .filter(|l| l.address.is_ipv4() == ip.is_ipv4() && !l.address.ip().is_unspecified())
+            .collect();
+        if primaries.is_empty() {
+            return Err(cx.err(
+                span,
+                format!(
+                    "alternate address {ip} is {family}, but no [[listen]] has a concrete {family} address to pair it                      with (a wildcard such as 0.0.0.0 or [::] cannot be the primary; the alternate must be of the                      listener's family)"
+                ),
+            ));
+        }
+        if primaries.iter().any(|l| l.address.ip() == *ip) {
+            return Err(cx.err(
+                span,
+                format!("alternate address {ip} is a listener's own address: name a second one"),
+            ));
+        }
+        if let Err(e) = std::net::UdpSocket::bind(SocketAddr::new(*ip, 0)) {
+            return Err(cx.err(
+                span,
+                format!("alternate address {ip} is not an address of this host ({e}): add it to an interface first"),
+            ));
+        }
+        for l in primaries {
+            let port = l.address.port();
+            if port == 0 {
+                return Err(cx.err(
+                    span.clone(),
+                    format!("listener {} has port 0: NAT discovery needs a fixed port", l.address),
+                ));
+            }
+            let Some(alt_port) = alternate_port.or(port.checked_add(1)) else {
+                return Err(cx.err(
+                    span.clone(),
+                    format!("listener {}: port + 1 is past 65535; set alternate_port", l.address),
+                ));
+            };
+            if alt_port == port {
+                return Err(cx.err(
+                    port_span.clone(),
+                    format!("alternate_port {alt_port} is the listener's own port"),
+                ));
+            }
+            for a in [(l.address.ip(), alt_port), (*ip, port), (*ip, alt_port)].map(SocketAddr::from) {
+                let clash = served.iter().find(|(o, udp, stream, _)| {
+                    o.port() == a.port()
+                        && o.is_ipv4() == a.is_ipv4()
+                        && (o.ip() == a.ip() || o.ip().is_unspecified())
+                        && ((*udp && l.udp) || (*stream && l.is_stream()))
+                });
+                if let Some((_, _, _, owner)) = clash {
+                    return Err(cx.err(
+                        port_span.clone(),
+                        format!(
+                            "NAT discovery needs {a} for listener {}, but listener {owner} already serves it: \
+                             choose another alternate_port",
+                            l.address
+                        ),
+                    ));
+                }
+                served.push((a, l.udp, l.is_stream(), l.address));
+            }
+        }
+    }
+    Ok(NatDiscoveryConfig {
+        alternate_addresses: addresses,
+        alternate_port,
+    })
 }
 
 /// A byte rate such as "10M"; 0 (no limit) when absent.

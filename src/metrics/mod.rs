@@ -14,7 +14,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::server::stats::LIFETIME_BUCKETS;
-pub use crate::server::stats::{AuthFailure, Count, Direction, DropReason, Framing, Level, Stats, TurnMethod};
+pub use crate::server::stats::{
+    AuthFailure, Count, Direction, DiscoveryKind, DropReason, Framing, Level, Stats, TurnMethod,
+};
 use crate::types::Transport;
 
 pub mod http;
@@ -207,6 +209,15 @@ impl Collector for ShardCollector {
             MetricType::Histogram,
         )?
         .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        family(
+            &mut enc,
+            "turnd_nat_discovery_requests",
+            "RFC 5780 Binding requests, by what they ask (CHANGE-REQUEST, RESPONSE-PORT, PADDING)",
+            MetricType::Counter,
+            DiscoveryKind::ALL
+                .iter()
+                .map(|&k| ([("kind", k.as_str())], c(&|s| &s.discovery[k as usize]))),
+        )?;
         counter(
             &mut enc,
             "turnd_tcp_connections_refused",

@@ -226,7 +226,7 @@ impl Server {
         let mut bound = Vec::new();
         let mut skipped = Vec::new();
 
-        for l in &config.listen {
+        for l in &config.listeners() {
             // The embedded default listens on [::] too; a host without IPv6 still starts.
             let optional = config.source == Source::Embedded && l.address.is_ipv6();
             let marks: Vec<(usize, usize)> = sockets.iter().map(|s| (s.udp.len(), s.tcp.len())).collect();

@@ -47,10 +47,12 @@ impl AttrType {
     pub const USE_CANDIDATE: AttrType = AttrType(0x0025);
     pub const ICE_CONTROLLED: AttrType = AttrType(0x8029);
     pub const ICE_CONTROLLING: AttrType = AttrType(0x802A);
-    // RFC 5780 (NAT behaviour discovery), which this server does not implement
+    // RFC 5780 (NAT behaviour discovery), understood only where `[nat_discovery]` is on
     pub const CHANGE_REQUEST: AttrType = AttrType(0x0003);
     pub const PADDING: AttrType = AttrType(0x0026);
     pub const RESPONSE_PORT: AttrType = AttrType(0x0027);
+    pub const RESPONSE_ORIGIN: AttrType = AttrType(0x802B);
+    pub const OTHER_ADDRESS: AttrType = AttrType(0x802C);
 
     /// Comprehension-required attributes (0x0000–0x7FFF) must be understood or the request
     /// is answered with 420.

@@ -19,7 +19,7 @@ pub use channel::{ChannelData, ChannelNumber};
 pub use error_code::ErrorCode;
 pub use framing::{Frame, FrameError};
 pub use message::{Class, Message, MessageType, Method, ParseError, TransactionId};
-pub use request::{Family, Field, TurnAttributes};
+pub use request::{Change, DiscoveryAttributes, Family, Field, TurnAttributes};
 pub use writer::{EncodeError, MessageWriter};
 
 /// The fixed value in bytes 4..8 of every RFC 5389/8489 message.

@@ -153,6 +153,48 @@ impl<'a> TurnAttributes<'a> {
     }
 }
 
+/// CHANGE-REQUEST's two flags (RFC 5780 §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    pub ip: bool,
+    pub port: bool,
+}
+
+/// The RFC 5780 attributes of a Binding request, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiscoveryAttributes {
+    pub change: Field<Change>,
+    /// RESPONSE-PORT: answer to this port of the requester's own IP.
+    pub response_port: Field<u16>,
+    /// The length of PADDING's value.
+    pub padding: Field<usize>,
+}
+
+impl DiscoveryAttributes {
+    pub fn decode(msg: &Message<'_>) -> Self {
+        let mut v = DiscoveryAttributes::default();
+        for a in msg.attributes() {
+            match (a.typ, a.value) {
+                (AttrType::CHANGE_REQUEST, &[_, _, _, flags]) => v.change.set(Some(Change {
+                    ip: flags & 0x04 != 0,
+                    port: flags & 0x02 != 0,
+                })),
+                (AttrType::CHANGE_REQUEST, _) => v.change.set(None),
+                (AttrType::RESPONSE_PORT, &[hi, lo, _, _]) => v.response_port.set(Some(u16::from_be_bytes([hi, lo]))),
+                (AttrType::RESPONSE_PORT, _) => v.response_port.set(None),
+                (AttrType::PADDING, value) => v.padding.set(Some(value.len())),
+                _ => {}
+            }
+        }
+        v
+    }
+
+    /// True when any RFC 5780 attribute is there.
+    pub fn any(&self) -> bool {
+        self.change.is_given() || self.response_port.is_given() || self.padding.is_given()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +228,31 @@ mod tests {
         assert_eq!(v.even_port, Field::Present(true));
         assert_eq!(v.channel_number, Field::Absent);
         assert!(!v.username.is_given());
+    }
+
+    #[test]
+    fn discovery_attributes_decode_flags_port_and_padding_length() {
+        let typ = MessageType::new(Method::BINDING, Class::Request);
+        let mut buf = [0u8; 256];
+        let mut w = MessageWriter::new(&mut buf, typ, TransactionId([1; 12])).unwrap();
+        w.attr(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0x06]).unwrap();
+        w.attr(AttrType::RESPONSE_PORT, &[0x12, 0x34]).unwrap();
+        w.attr(AttrType::PADDING, &[0; 37]).unwrap();
+        let n = w.finish();
+        let v = DiscoveryAttributes::decode(&Message::parse(&buf[..n]).unwrap());
+        assert_eq!(v.change, Field::Present(Change { ip: true, port: true }));
+        assert_eq!(v.response_port, Field::Malformed, "RESPONSE-PORT is four bytes");
+        assert_eq!(v.padding, Field::Present(37));
+        assert!(v.any());
+        let mut buf = [0u8; 64];
+        let mut w = MessageWriter::new(&mut buf, typ, TransactionId([1; 12])).unwrap();
+        w.attr(AttrType::CHANGE_REQUEST, &[0, 0, 0, 0x02]).unwrap();
+        w.attr(AttrType::RESPONSE_PORT, &[0x12, 0x34, 0, 0]).unwrap();
+        let n = w.finish();
+        let v = DiscoveryAttributes::decode(&Message::parse(&buf[..n]).unwrap());
+        assert_eq!(v.change, Field::Present(Change { ip: false, port: true }));
+        assert_eq!(v.response_port, Field::Present(0x1234));
+        assert_eq!(v.padding, Field::Absent);
     }
 
     #[test]

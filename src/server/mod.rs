@@ -15,6 +15,7 @@
 mod allocate;
 mod allocation;
 mod authenticate;
+mod discovery;
 pub mod io;
 mod limits;
 #[cfg(any(test, feature = "test-support"))]
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-pub use crate::types::{FiveTuple, PortRange, Transport, DEFAULT_LIFETIME};
+pub use crate::types::{AddressQuad, FiveTuple, PortRange, Transport, DEFAULT_LIFETIME};
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 pub use io::{AllocationId, RelayIo, RelayToken};
 pub use limits::Quota;
@@ -82,6 +83,9 @@ pub struct EngineConfig {
     /// Relayed bytes per second for the whole server; 0 means no limit. Each shard enforces
     /// its share.
     pub bandwidth_total: u64,
+    /// NAT behaviour discovery (RFC 5780): the four local addresses of each discovery
+    /// listener. Empty, CHANGE-REQUEST, RESPONSE-PORT and PADDING get 420 as unknown.
+    pub discovery: Vec<AddressQuad>,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +107,7 @@ impl Default for EngineConfig {
             unauthenticated_rate: 0,
             bandwidth_per_allocation: 0,
             bandwidth_total: 0,
+            discovery: Vec::new(),
         }
     }
 }
@@ -148,6 +153,8 @@ pub enum Output<'a, S> {
     None,
     /// Send the first `len` bytes of the caller's `out` buffer to a client on `tuple`: from
     /// `tuple.server` (a listener's address) to `tuple.client`, over `tuple.transport`.
+    /// Usually the request's own 5-tuple; an RFC 5780 answer names another local address
+    /// (CHANGE-REQUEST) or another port of the client's IP (RESPONSE-PORT), over UDP.
     ToClient { tuple: FiveTuple, len: usize },
     /// Send `data` to `peer` from a relay socket.
     ToPeer {
@@ -205,9 +212,10 @@ impl Epoch {
 }
 
 /// Comprehension-required attributes this server understands in a request. Anything else
-/// below 0x8000 gets 420 (RFC 8489 §6.3.1). Deliberately absent: CHANGE-REQUEST,
-/// RESPONSE-PORT and PADDING (RFC 5780), and DONT-FRAGMENT, which RFC 8656 §7.2 says to treat
-/// as unknown when the server cannot set the DF bit.
+/// below 0x8000 gets 420 (RFC 8489 §6.3.1). Not here: CHANGE-REQUEST, RESPONSE-PORT and
+/// PADDING (RFC 5780), known only in a Binding request to a discovery address
+/// ([`discovery::RFC5780`]), and DONT-FRAGMENT, which RFC 8656 §7.2 says to treat as unknown
+/// when the server cannot set the DF bit.
 const KNOWN_REQUIRED: &[AttrType] = &[
     AttrType::MAPPED_ADDRESS,
     AttrType::USERNAME,
@@ -354,11 +362,16 @@ impl<R: RelayIo> Engine<R> {
             }
         };
 
+        let discovery = match msg.method() {
+            Method::BINDING => self.discovery_at(tuple.server),
+            _ => None,
+        };
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
         let mut n_unknown = 0;
         for a in msg.attributes() {
             if a.typ.is_comprehension_required()
                 && !KNOWN_REQUIRED.contains(&a.typ)
+                && !(discovery.is_some() && discovery::RFC5780.contains(&a.typ))
                 && n_unknown < MAX_UNKNOWN_LISTED
                 && !unknown[..n_unknown].contains(&a.typ)
             {
@@ -388,7 +401,10 @@ impl<R: RelayIo> Engine<R> {
             self.error(&msg, tuple, ErrorCode::UNKNOWN_ATTRIBUTE, &unknown[..n_unknown], out)
         } else {
             match msg.method() {
-                Method::BINDING => self.binding(&msg, tuple, out),
+                Method::BINDING => match discovery {
+                    Some(quad) => self.discovery_binding(&msg, tuple, quad, out),
+                    None => self.binding(&msg, tuple, out),
+                },
                 Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
                     self.turn_request(now, tuple, &msg, out)
                 }

@@ -128,6 +128,11 @@ label_enum! {
     Framing { send_indication, data_indication, channel_data }
 }
 
+label_enum! {
+    /// RFC 5780 requests by what they ask (`turnd_nat_discovery_requests_total{kind}`).
+    DiscoveryKind { change_ip, change_port, change_both, response_port, padding }
+}
+
 /// Upper bounds of the allocation-lifetime histogram, in seconds: seconds to days.
 pub const LIFETIME_BUCKETS: [f64; 11] = [
     10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0,
@@ -156,6 +161,7 @@ pub struct Stats {
     pub lifetime_ms: Count,
     /// TCP connections closed at accept because of a connection cap.
     pub connections_refused: Count,
+    pub discovery: [Count; DiscoveryKind::COUNT],
 }
 
 impl Stats {
