@@ -292,7 +292,7 @@ mod tests {
             // With an empty PADDING the answer is 68 bytes (with FINGERPRINT); else no longer
             // than the request, or the 2048-byte buffer.
             assert!(
-                s.len <= req.len().max(68).min(2048),
+                s.len <= req.len().clamp(68, 2048),
                 "{} for a {}-byte request",
                 s.len,
                 req.len()
