@@ -2,7 +2,7 @@
 //!
 //! `proto` (wire format) and `server` (the engine) are plain synchronous code that takes
 //! bytes, addresses and time in, and gives bytes out. `net` holds the tokio drivers that own
-//! sockets and clocks. See DESIGN.md in the shared docs for the shape.
+//! sockets and clocks. `natcheck` is the client `turnd nat-check` runs. See DESIGN.md in the shared docs for the shape.
 // Denied, not forbidden: the one exception is `net::socket::readable`, which registers a
 // descriptor with tokio's reactor under a stated invariant (its SAFETY comment).
 #![deny(unsafe_code)]
@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod metrics;
+pub mod natcheck;
 pub mod net;
 pub mod proto;
 pub mod server;

@@ -1,5 +1,5 @@
 //! The command line: `turnd serve`, `check-config`, `user`, `credential`, `sessions`,
-//! `disconnect`.
+//! `disconnect`, `nat-check`.
 
 mod admin;
 mod notify;
@@ -68,6 +68,39 @@ pub enum Command {
         /// The user whose allocations end.
         user: String,
     },
+    /// Diagnose from this host: the NAT it sits behind (RFC 5780, with stun:), or a TURN
+    /// server end to end (with turn:). Needs no config.
+    NatCheck(NatCheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NatCheckArgs {
+    /// stun:HOST[:PORT] (NAT behaviour), or turn:HOST[:PORT]?transport=udp|tcp (allocate, relay, release).
+    pub url: String,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The first retransmission timeout (RFC 8489 RTO).
+    #[arg(long, default_value = "500ms", value_name = "DURATION")]
+    pub rto: String,
+    /// Requests sent per transaction before giving up (RFC 8489 Rc).
+    #[arg(long, default_value_t = 7, value_name = "N")]
+    pub rc: u32,
+    /// The last wait, in RTOs (RFC 8489 Rm).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub rm: u32,
+    /// Also measure how long the NAT keeps an idle mapping, waiting up to DURATION (stun: only).
+    #[arg(long, value_name = "DURATION")]
+    pub lifetime: Option<String>,
+    /// turn: the user name.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// turn: the password.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// turn: a TURN REST API secret to mint a one-hour credential with (--user becomes its id).
+    #[arg(long)]
+    pub secret: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,8 +139,44 @@ pub enum UserCommand {
     },
 }
 
+fn nat_check(a: &NatCheckArgs) -> ExitCode {
+    let fail = |m: String| {
+        eprintln!("turnd nat-check: {m}");
+        ExitCode::from(2)
+    };
+    let rto = match crate::config::parse_duration(&a.rto) {
+        Ok(d) if d >= std::time::Duration::from_millis(10) => d,
+        Ok(_) => return fail("--rto must be at least 10ms".into()),
+        Err(e) => return fail(format!("--rto: {e}")),
+    };
+    if !(1..=20).contains(&a.rc) || !(1..=100).contains(&a.rm) {
+        return fail("--rc must be 1 to 20 and --rm 1 to 100".into());
+    }
+    let lifetime_max = match a.lifetime.as_deref().map(crate::config::parse_duration).transpose() {
+        Ok(d) => d,
+        Err(e) => return fail(format!("--lifetime: {e}")),
+    };
+    let options = crate::natcheck::Options {
+        json: a.json,
+        timing: crate::natcheck::Timing {
+            rto,
+            rc: a.rc,
+            rm: a.rm,
+        },
+        lifetime_max,
+        user: a.user.clone(),
+        password: a.password.clone(),
+        secret: a.secret.clone(),
+    };
+    crate::natcheck::run(&a.url, &options)
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    // A client: it needs no config, and a broken one must not stop it.
+    if let Command::NatCheck(a) = &cli.command {
+        return nat_check(a);
+    }
     let config = match Config::discover(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -146,5 +215,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Credential { user, ttl, format } => users::credential(&config, user.as_deref(), &ttl, format),
         Command::Sessions { user } => admin::sessions(&config, user.as_deref()),
         Command::Disconnect { user } => admin::disconnect(&config, &user),
+        Command::NatCheck(a) => nat_check(&a),
     }
 }
