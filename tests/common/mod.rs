@@ -2,6 +2,8 @@
 //! bound from its "listening" log lines (so tests never race for a free port).
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -38,10 +40,46 @@ impl Turnd {
         Self::launch(config, dir, &[])
     }
 
+    /// Starts `turnd serve` with `config` in a network namespace of its own (loopback up):
+    /// fixed ports and the addresses of 127.0.0.0/8 are surely free there. Reach it from a
+    /// thread in that namespace: [`Turnd::inside`].
+    pub fn start_isolated(config: &str) -> Turnd {
+        let prefix = [
+            "unshare",
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "ip link set lo up && exec \"$0\" \"$@\"",
+            BIN,
+        ];
+        Self::launch_with(&prefix, config, tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Starts `turnd serve` with `config` in the named network namespace.
+    pub fn start_in_netns(ns: &str, config: &str) -> Turnd {
+        Self::launch_with(
+            &["ip", "netns", "exec", ns, BIN],
+            config,
+            tempfile::tempdir().unwrap(),
+            &[],
+        )
+    }
+
+    /// Runs `f` in this server's network namespace.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns_of(self.pid(), f)
+    }
+
     fn launch(config: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Turnd {
+        Self::launch_with(&[BIN], config, dir, env)
+    }
+
+    fn launch_with(prefix: &[&str], config: &str, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Turnd {
         let config_path = dir.path().join("turnd.toml");
         std::fs::write(&config_path, isolate(config, dir.path())).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(prefix[0])
+            .args(&prefix[1..])
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
@@ -50,7 +88,7 @@ impl Turnd {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn turnd");
+            .unwrap_or_else(|e| panic!("spawn {prefix:?}: {e} (ip and unshare come from .ci/deps)"));
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
