@@ -244,6 +244,14 @@ mod tests {
                     assert_eq!((s.to, s.mapped), (client, Some(client)));
                 }
             }
+            // The amplification floor: a bare 20-byte request gets 56 bytes (IPv4), 92 (IPv6).
+            let t = FiveTuple {
+                transport: Transport::Udp,
+                client,
+                server: q.at(0, 0),
+            };
+            let bare = ask(&mut e, &t, &binding(|_| {})).unwrap();
+            assert_eq!(bare.len, if q.ips[0].is_ipv4() { 56 } else { 92 });
             let counted = |k: DiscoveryKind| e.stats().discovery[k as usize].get();
             assert_eq!(counted(DiscoveryKind::change_ip), 4);
             assert_eq!(counted(DiscoveryKind::change_port), 4);
