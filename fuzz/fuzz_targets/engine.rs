@@ -15,7 +15,7 @@ use turnd::metrics::Metrics;
 use turnd::proto::{Class, Message};
 use turnd::server::memory::MemoryRelay;
 use turnd::server::testclient::TestClient;
-use turnd::server::{Engine, EngineConfig, FiveTuple, Output, PeerPolicy, PortRange, Shared, Transport, Epoch};
+use turnd::server::{AddressQuad, Engine, EngineConfig, FiveTuple, Output, PeerPolicy, PortRange, Shared, Transport, Epoch};
 
 const REALM: &str = "fuzz";
 
@@ -27,6 +27,10 @@ fuzz_target!(|data: &[u8]| {
         file_users: Default::default(),
     };
     let shared = Arc::new(Shared::new(Arc::new(creds), NonceKey::from_bytes([1; 32])));
+    let quad = AddressQuad {
+        ips: [IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2])],
+        ports: [3478, 3479],
+    };
     let config = EngineConfig {
         realm: REALM.into(),
         relay_addresses: vec![IpAddr::from([10, 0, 0, 1]), "fd00::1".parse().unwrap()],
@@ -35,6 +39,8 @@ fuzz_target!(|data: &[u8]| {
         max_allocations: 8,
         peers: PeerPolicy::new(vec!["10.0.0.0/8".parse().unwrap()]),
         software: None,
+        // NAT behaviour discovery on the listener every client talks to.
+        discovery: vec![quad],
         ..EngineConfig::default()
     };
     let relay = MemoryRelay::default();
@@ -63,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
         let t = tuples[i];
         let c = &mut clients[i];
         let peer = peers[usize::from((arg >> 2) & 1)];
-        let packet: Vec<u8> = match op % 12 {
+        let packet: Vec<u8> = match op % 13 {
             0 => c.allocate(),
             1 => c.refresh(u32::from(arg >> 3) * 60),
             2 => c.create_permission(&[peer]),
@@ -95,6 +101,20 @@ fuzz_target!(|data: &[u8]| {
                 c.nonce.clear();
                 Vec::new()
             }
+            10 => {
+                // A Binding request with RFC 5780 attributes picked by `arg`.
+                c.request(turnd::proto::Method::BINDING, |w| {
+                    if arg & 0x08 != 0 {
+                        let _ = w.attr(turnd::proto::AttrType::CHANGE_REQUEST, &[0, 0, 0, arg & 0x06]);
+                    }
+                    if arg & 0x10 != 0 {
+                        let _ = w.attr(turnd::proto::AttrType::RESPONSE_PORT, &[arg, 1, 0, 0]);
+                    }
+                    if arg & 0x20 != 0 {
+                        let _ = w.attr(turnd::proto::AttrType::PADDING, &vec![0; usize::from(arg)]);
+                    }
+                })
+            }
             _ => {
                 // Raw bytes from the input.
                 let n = usize::from(arg).min(rest.len());
@@ -106,7 +126,13 @@ fuzz_target!(|data: &[u8]| {
         if !packet.is_empty() {
             match engine.handle_client(now, &t, &packet, &mut out) {
                 Output::ToClient { tuple, len: n } => {
-                    assert_eq!(tuple, t, "an answer left on another 5-tuple");
+                    if tuple != t {
+                        // Only an RFC 5780 answer moves: over UDP, from one of the four
+                        // addresses, to the requester's own IP.
+                        assert_eq!(tuple.transport, Transport::Udp, "a TCP answer left its connection");
+                        assert_eq!(tuple.client.ip(), t.client.ip(), "an answer went to another IP");
+                        assert!(quad.all().contains(&tuple.server), "an answer from a foreign address");
+                    }
                     let resp = Message::parse(&out[..n]).expect("engine wrote a malformed response");
                     assert!(matches!(resp.class(), Class::Success | Class::Error));
                     let req = Message::parse(&packet).expect("engine answered a malformed request");

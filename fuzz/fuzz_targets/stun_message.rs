@@ -1,10 +1,10 @@
 //! STUN message parsing: any bytes, never a panic; whatever parses re-verifies consistently,
-//! and decodes into the typed TURN view.
+//! and decodes into the typed TURN and RFC 5780 views.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use turnd::proto::attr::{decode_address, decode_error_code, decode_text, decode_u32, decode_unknown_attributes, decode_xor_address};
-use turnd::proto::{Message, TurnAttributes};
+use turnd::proto::{DiscoveryAttributes, Message, TurnAttributes};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::parse(data) {
@@ -22,6 +22,10 @@ fuzz_target!(|data: &[u8]| {
         // The typed view keeps peers in order and never more than it has room for.
         let view = TurnAttributes::decode(&m);
         assert!(view.peers.len() <= turnd::proto::request::MAX_PEERS);
+        let d = DiscoveryAttributes::decode(&m);
+        if let turnd::proto::Field::Present(n) = d.padding {
+            assert!(n <= data.len(), "PADDING longer than the message");
+        }
         let _ = m.verify_integrity(b"key");
         let _ = m.verify_integrity_sha256(b"key");
     }
