@@ -425,11 +425,13 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     let fresh = Udp::new(t.udp[0]);
     let mut alice = TestClient::new("alice", REALM, "looking-glass");
     assert!(fresh.ask(&mut alice, |c| c.allocate()).error.is_none());
+    // Each shard takes the new engine config on its own task: bounded wait.
     let private: SocketAddr = "10.1.2.3:9".parse().unwrap();
-    assert!(fresh
-        .ask(&mut alice, |c| c.create_permission(&[private]))
-        .error
-        .is_none());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fresh.ask(&mut alice, |c| c.create_permission(&[private])).error.is_some() {
+        assert!(Instant::now() < deadline, "peers.allow never took effect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

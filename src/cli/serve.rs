@@ -213,9 +213,11 @@ impl Live {
         self.config = new;
         self.stamp = None;
         self.read_users_file();
+        // The engine config first: a client that sees the new credentials sees the new
+        // policy too, as far as one shard's task order allows.
+        shards.set_engine_config(self.engine_config());
         self.apply_credentials(shared);
         self.check_certificate(true);
-        shards.set_engine_config(self.engine_config());
         tracing::info!(config = %path.display(), "config reloaded");
     }
 }
