@@ -428,7 +428,11 @@ fn sighup_reloads_and_a_bad_config_keeps_the_old_one() {
     // Each shard takes the new engine config on its own task: bounded wait.
     let private: SocketAddr = "10.1.2.3:9".parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while fresh.ask(&mut alice, |c| c.create_permission(&[private])).error.is_some() {
+    while fresh
+        .ask(&mut alice, |c| c.create_permission(&[private]))
+        .error
+        .is_some()
+    {
         assert!(Instant::now() < deadline, "peers.allow never took effect");
         std::thread::sleep(Duration::from_millis(50));
     }

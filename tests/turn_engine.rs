@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use turnd::auth::{Credentials, NonceKey, RestSecrets, StaticUsers};
 use turnd::metrics::{AuthFailure, Direction, DropReason, Metrics, TurnMethod};
-use turnd::proto::{AttrType, Class, Message, Method};
+use turnd::proto::{AttrType, Class, Message, MessageWriter, Method};
 use turnd::server::memory::MemoryRelay;
 use turnd::server::testclient::{Response, TestClient};
 use turnd::server::{
@@ -636,37 +636,44 @@ fn negative_cases_have_their_error_codes() {
     let mut w = World::new(config());
     let mut c = alice();
     let t = tuple(5000);
-    // Missing REQUESTED-TRANSPORT: 400. TCP relay: 442. DONT-FRAGMENT: 420.
+    // Missing REQUESTED-TRANSPORT: 400. A transport other than UDP or TCP: 442.
     let r = w.ask(&mut c, &t, |c| c.request(Method::ALLOCATE, |_| {}));
     assert_eq!(r.error, Some(400));
     let r = w.ask(&mut c, &t, |c| {
         c.request(Method::ALLOCATE, |w| {
-            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[132, 0, 0, 0]);
         })
     });
     assert_eq!(r.error, Some(442));
+    // RESERVATION-TOKEN: unknown 508, with EVEN-PORT or a family 400, not eight bytes 400.
+    fn token(extra: fn(&mut MessageWriter<'_>), value: Vec<u8>) -> impl FnMut(&mut TestClient) -> Vec<u8> {
+        move |c: &mut TestClient| {
+            c.request(Method::ALLOCATE, |w| {
+                let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                let _ = w.attr(AttrType::RESERVATION_TOKEN, &value);
+                extra(w);
+            })
+        }
+    }
+    assert_eq!(w.ask(&mut c, &t, token(|_| {}, vec![1; 8])).error, Some(508));
+    assert_eq!(w.ask(&mut c, &t, token(|_| {}, vec![1; 7])).error, Some(400));
+    let even = |w: &mut MessageWriter<'_>| {
+        let _ = w.attr(AttrType::EVEN_PORT, &[0x80]);
+    };
+    assert_eq!(w.ask(&mut c, &t, token(even, vec![1; 8])).error, Some(400));
+    let family = |w: &mut MessageWriter<'_>| {
+        let _ = w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0]);
+    };
+    assert_eq!(w.ask(&mut c, &t, token(family, vec![1; 8])).error, Some(400));
+    // EVEN-PORT with R on a dual-stack allocation: 400.
     let r = w.ask(&mut c, &t, |c| {
         c.request(Method::ALLOCATE, |w| {
             let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-            let _ = w.attr(AttrType::DONT_FRAGMENT, &[]);
-        })
-    });
-    assert_eq!(r.error, Some(420));
-    // EVEN-PORT with the reservation bit, and RESERVATION-TOKEN: 508 (no reservations here).
-    let r = w.ask(&mut c, &t, |c| {
-        c.request(Method::ALLOCATE, |w| {
-            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
             let _ = w.attr(AttrType::EVEN_PORT, &[0x80]);
         })
     });
-    assert_eq!(r.error, Some(508));
-    let r = w.ask(&mut c, &t, |c| {
-        c.request(Method::ALLOCATE, |w| {
-            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-            let _ = w.attr(AttrType::RESERVATION_TOKEN, &[1; 8]);
-        })
-    });
-    assert_eq!(r.error, Some(508));
+    assert_eq!(r.error, Some(400));
     // An IPv6 relay where the server has none: 440.
     let r = w.ask(&mut c, &t, |c| {
         c.request(Method::ALLOCATE, |w| {
@@ -699,7 +706,8 @@ fn negative_cases_have_their_error_codes() {
     assert_eq!(w.metrics.level(|s| &s.permissions_active), 0);
     assert_eq!(
         w.metrics.total(|s| &s.turn_requests[TurnMethod::allocate as usize][1]),
-        6
+        9,
+        "the first 401, then eight refused Allocates"
     );
 }
 
@@ -1410,4 +1418,97 @@ fn unauthenticated_answers_are_limited_per_source_ip() {
     // 100 ms later, five more for the noisy one.
     w.now += Duration::from_millis(100);
     assert_eq!(answered(&mut w, &noisy, 500), 5);
+}
+
+/// Allocates with `extra` attributes and returns the raw answer's relayed port and
+/// RESERVATION-TOKEN.
+fn allocate_with(
+    w: &mut World,
+    c: &mut TestClient,
+    t: &FiveTuple,
+    extra: impl Fn(&mut MessageWriter<'_>),
+) -> (Option<u16>, Option<Vec<u8>>, Option<u16>) {
+    let r = w.ask(c, t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            extra(w);
+        })
+    });
+    // Ask once more with the nonce the first answer taught: the engine treats it as a
+    // retransmission when it succeeded, so the same answer comes back, token and all.
+    let req = c.request_with_tid(Method::ALLOCATE, r.transaction_id.unwrap(), |w| {
+        let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        extra(w);
+    });
+    let Sent::Reply(bytes) = w.send(t, &req) else { panic!("no answer") };
+    let m = Message::parse(&bytes).unwrap();
+    let token = m.get(AttrType::RESERVATION_TOKEN).map(|a| a.value.to_vec());
+    (r.relayed.first().map(|a| a.port()), token, r.error)
+}
+
+#[test]
+fn even_port_with_r_reserves_the_next_port_for_its_token_and_frees_it_at_the_deadline() {
+    let mut w = World::new(config());
+    let even_r = |w: &mut MessageWriter<'_>| {
+        let _ = w.attr(AttrType::EVEN_PORT, &[0x80]);
+    };
+    let (port, token, error) = allocate_with(&mut w, &mut alice(), &tuple(5000), even_r);
+    assert_eq!(error, None);
+    let port = port.unwrap();
+    let token = token.expect("RESERVATION-TOKEN in the answer (and again on a retransmission)");
+    assert_eq!((port % 2, token.len()), (0, 8));
+    assert_eq!((w.engine.reserved_ports(), w.relay.open_sockets()), (1, 2), "port + 1 is held");
+    // The token claims port + 1, once.
+    let claim = |tok: Vec<u8>| {
+        move |w: &mut MessageWriter<'_>| {
+            let _ = w.attr(AttrType::RESERVATION_TOKEN, &tok);
+        }
+    };
+    let (claimed, _, error) = allocate_with(&mut w, &mut alice(), &tuple(5001), claim(token.clone()));
+    assert_eq!((claimed, error), (Some(port + 1), None));
+    assert_eq!((w.engine.reserved_ports(), w.relay.open_sockets()), (0, 2));
+    let (_, _, error) = allocate_with(&mut w, &mut alice(), &tuple(5002), claim(token));
+    assert_eq!(error, Some(508), "a token is good once");
+
+    // A reservation nobody claims is freed at its deadline, on the engine's timer.
+    let (_, token, _) = allocate_with(&mut w, &mut alice(), &tuple(5003), even_r);
+    let token = token.unwrap();
+    assert_eq!((w.engine.reserved_ports(), w.relay.open_sockets()), (1, 4));
+    let deadline = w.engine.poll_timeout().unwrap();
+    assert_eq!(deadline, w.now + Duration::from_secs(30), "the reservation is the next deadline");
+    w.at(Duration::from_secs(29));
+    assert_eq!(w.engine.reserved_ports(), 1);
+    w.at(Duration::from_secs(30));
+    assert_eq!((w.engine.reserved_ports(), w.relay.open_sockets()), (0, 3), "freed at 30 s");
+    let (_, _, error) = allocate_with(&mut w, &mut alice(), &tuple(5004), claim(token));
+    assert_eq!(error, Some(508), "an expired token");
+    // When time runs out, nothing is left.
+    w.at(Duration::from_secs(4000));
+    assert_eq!((w.engine.allocation_count(), w.relay.open_sockets()), (0, 0));
+}
+
+#[test]
+fn dont_fragment_sets_the_df_bit_on_the_relay_socket() {
+    let mut w = World::new(config());
+    let df = |w: &mut MessageWriter<'_>| {
+        let _ = w.attr(AttrType::DONT_FRAGMENT, &[]);
+    };
+    let (port, _, error) = allocate_with(&mut w, &mut alice(), &tuple(5000), df);
+    assert_eq!(error, None);
+    let relayed = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port.unwrap());
+    assert!(w.relay.dont_fragment(relayed));
+    // Without it, no DF until a Send indication asks for it.
+    let mut c = alice();
+    let t = tuple(5001);
+    let r = w.allocate(&mut c, &t);
+    let plain = r.relayed[0];
+    assert!(!w.relay.dont_fragment(plain));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(1)])));
+    let mut send = c.send(peer(1), b"hello");
+    // DONT-FRAGMENT before FINGERPRINT-less end: append it and fix the length.
+    let len = u16::from_be_bytes([send[2], send[3]]) + 4;
+    send[2..4].copy_from_slice(&len.to_be_bytes());
+    send.extend_from_slice(&[0x00, 0x1A, 0x00, 0x00]);
+    assert!(matches!(w.send(&t, &send), Sent::Relay { .. }));
+    assert!(w.relay.dont_fragment(plain), "a Send indication with DONT-FRAGMENT turns DF on");
 }

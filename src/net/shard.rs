@@ -63,6 +63,10 @@ impl RelayIo for NetRelay {
             shard: self.shard.clone(),
         })
     }
+
+    fn set_dont_fragment(&mut self, socket: &RelaySocket) -> io::Result<()> {
+        super::socket::set_dont_fragment(&socket.sock)
+    }
 }
 
 /// Every relay socket of a shard in one epoll set, which the shard's reactor watches as a

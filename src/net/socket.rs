@@ -93,6 +93,18 @@ pub fn is_family_unavailable(e: &io::Error) -> bool {
 
 /// A relay socket: bound to exactly `addr`, never shared (no SO_REUSEPORT), so that an
 /// `AddrInUse` error reliably means the port is taken.
+/// Sets the DF bit on everything `sock` sends: IP_MTU_DISCOVER = IP_PMTUDISC_DO over IPv4
+/// (a datagram over the path MTU then fails with EMSGSIZE instead of being fragmented),
+/// IPV6_DONTFRAG over IPv6.
+pub fn set_dont_fragment(sock: &std::net::UdpSocket) -> io::Result<()> {
+    if sock.local_addr()?.is_ipv4() {
+        rustix::net::sockopt::set_ip_mtu_discover(sock, rustix::net::sockopt::Ipv4PathMtuDiscovery::DO)?;
+    } else {
+        nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::Ipv6DontFrag, &true)?;
+    }
+    Ok(())
+}
+
 pub fn bind_relay(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {

@@ -97,7 +97,10 @@ pub struct TurnAttributes<'a> {
     pub additional_family: Field<Family>,
     /// EVEN-PORT, with its R (reserve the next port) bit.
     pub even_port: Field<bool>,
-    pub reservation_token: Field<&'a [u8]>,
+    /// RESERVATION-TOKEN: eight bytes (RFC 8656 §18.9).
+    pub reservation_token: Field<[u8; 8]>,
+    /// DONT-FRAGMENT, which has no value (RFC 8656 §18.8).
+    pub dont_fragment: bool,
     pub channel_number: Field<u16>,
     /// XOR-PEER-ADDRESS values in order, as far as they decoded.
     pub peers: ArrayVec<SocketAddr, MAX_PEERS>,
@@ -128,7 +131,8 @@ impl<'a> TurnAttributes<'a> {
                 AttrType::REQUESTED_ADDRESS_FAMILY => v.requested_family.set(family(value)),
                 AttrType::ADDITIONAL_ADDRESS_FAMILY => v.additional_family.set(family(value)),
                 AttrType::EVEN_PORT => v.even_port.set(value.first().map(|b| b & 0x80 != 0)),
-                AttrType::RESERVATION_TOKEN => v.reservation_token.set(Some(value)),
+                AttrType::RESERVATION_TOKEN => v.reservation_token.set(value.try_into().ok()),
+                AttrType::DONT_FRAGMENT => v.dont_fragment = true,
                 AttrType::CHANNEL_NUMBER => v
                     .channel_number
                     .set(matches!(value, [_, _, _, _]).then(|| u16::from_be_bytes([value[0], value[1]]))),

@@ -1,7 +1,10 @@
 //! The Allocate state machine (RFC 8656 §7) and Refresh (§8): the checks of a new
-//! allocation in the RFC's order, the relay sockets it opens on random ports, the reply to a
-//! retransmission, and the lifetime a Refresh sets or ends.
+//! allocation in the RFC's order, the relay sockets it opens on random ports, RTP/RTCP port
+//! pairs (EVEN-PORT with R reserves port + 1 under a RESERVATION-TOKEN), DONT-FRAGMENT, the
+//! reply to a retransmission, and the lifetime a Refresh sets or ends.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +12,7 @@ use rand_chacha::rand_core::RngCore;
 
 use super::allocation::{family_index, Allocation, Relay, Traffic};
 use super::authenticate::Auth;
-use super::io::RelayToken;
+use super::io::{AllocationId, RelayToken};
 use super::refusal::Refusal;
 use super::turn::Outcome;
 use super::{EndReason, Engine, FiveTuple, RelayIo, DEFAULT_LIFETIME};
@@ -18,8 +21,75 @@ use crate::proto::{Family, Field, TransactionId, TurnAttributes};
 /// UDP, the only relay transport (REQUESTED-TRANSPORT value).
 const PROTO_UDP: u8 = 17;
 
+/// How long a port reserved by EVEN-PORT with R waits for its Allocate (RFC 8656 §7.2).
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
 pub(super) fn lifetime_secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// A port reserved for a later Allocate: its socket is already bound (so nobody else takes
+/// the port) under the allocation id it will have.
+pub(super) struct Reservation<S> {
+    id: AllocationId,
+    family: usize,
+    relay: Relay<S>,
+    expires: Instant,
+}
+
+/// A relay socket just bound, and the reservation of the port after it (EVEN-PORT with R).
+type Opened<S> = (Relay<S>, Option<Reservation<S>>);
+
+/// The reserved ports by token, and their deadlines (fixed, so a heap entry goes stale only
+/// when its token is claimed).
+pub(super) struct Reservations<S> {
+    by_token: HashMap<[u8; 8], Reservation<S>>,
+    deadlines: BinaryHeap<Reverse<(Instant, [u8; 8])>>,
+}
+
+impl<S> Default for Reservations<S> {
+    fn default() -> Self {
+        Reservations {
+            by_token: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<S> Reservations<S> {
+    pub(super) fn len(&self) -> usize {
+        self.by_token.len()
+    }
+
+    /// The earliest deadline of a reservation still waiting.
+    pub(super) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((t, token))) = self.deadlines.peek() {
+            if self.by_token.get(&token).is_some_and(|r| r.expires == t) {
+                return Some(t);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// Takes out the reservations due at `now`; dropping them closes their sockets.
+    pub(super) fn expire(&mut self, now: Instant) -> Vec<AllocationId> {
+        let mut gone = Vec::new();
+        while let Some(t) = self.next_deadline().filter(|&t| t <= now) {
+            if let Some(Reverse((_, token))) = self.deadlines.pop() {
+                if let Some(r) = self.by_token.remove(&token).filter(|r| r.expires == t) {
+                    gone.push(r.id);
+                }
+            }
+        }
+        gone
+    }
+
+    /// Every reservation, taken out (the server stops).
+    pub(super) fn drain(&mut self) -> Vec<AllocationId> {
+        self.deadlines.clear();
+        self.by_token.drain().map(|(_, r)| r.id).collect()
+    }
 }
 
 impl<R: RelayIo> Engine<R> {
@@ -56,6 +126,7 @@ impl<R: RelayIo> Engine<R> {
                         relayed,
                         family_error: None,
                         lifetime: lifetime_secs(left),
+                        token: a.reservation_token,
                     });
                 }
             }
@@ -71,20 +142,24 @@ impl<R: RelayIo> Engine<R> {
             Field::Present(_) => return Err(Refusal::UnsupportedTransport),
         }
         let requested_family = attrs.requested_family;
-        if attrs.reservation_token.is_given() {
-            if attrs.even_port.is_given() || requested_family.is_given() {
-                return Err(Refusal::TokenWithOthers);
+        // A token claims a reserved port; it goes with nothing that picks one (§7.2).
+        let token = match attrs.reservation_token {
+            Field::Absent => None,
+            Field::Malformed => return Err(Refusal::MalformedToken),
+            Field::Present(_) if attrs.even_port.is_given() || requested_family.is_given() => {
+                return Err(Refusal::TokenWithOthers)
             }
-            // This server never reserves ports, so no token can be valid (RFC 8656 §7.2).
-            return Err(Refusal::UnknownToken);
-        }
-        let even = match attrs.even_port {
-            Field::Absent => false,
-            Field::Malformed => return Err(Refusal::MalformedEvenPort),
-            // R bit: reserving the next port is not offered, so the request cannot be met.
-            Field::Present(true) => return Err(Refusal::EvenPortReservation),
-            Field::Present(false) => true,
+            Field::Present(_) if attrs.additional_family.is_given() => return Err(Refusal::TokenWithOthers),
+            Field::Present(t) => Some(t),
         };
+        let (even, reserve) = match attrs.even_port {
+            Field::Absent => (false, false),
+            Field::Malformed => return Err(Refusal::MalformedEvenPort),
+            Field::Present(r) => (true, r),
+        };
+        if reserve && attrs.additional_family.is_given() {
+            return Err(Refusal::ReserveDual);
+        }
         // Which families: [IPv4 wanted, IPv6 wanted], and whether IPv6 is only "additional".
         let (families, dual) = match (requested_family, attrs.additional_family) {
             (Field::Absent, Field::Absent) => ([true, false], false),
@@ -99,38 +174,91 @@ impl<R: RelayIo> Engine<R> {
             Duration::ZERO => DEFAULT_LIFETIME,
             d => d,
         };
-        self.shared.quota.acquire(
+        let claimed = match token {
+            Some(t) => Some(self.reservations.by_token.remove(&t).ok_or(Refusal::UnknownToken)?),
+            None => None,
+        };
+        if let Err(e) = self.shared.quota.acquire(
             auth.username,
             self.config.max_allocations,
             self.config.max_allocations_per_user,
-        )?;
+        ) {
+            if let (Some(r), Some(t)) = (claimed, token) {
+                // Still reserved for a later try, until its own deadline.
+                self.reservations.by_token.insert(t, r);
+            }
+            return Err(e);
+        }
 
-        let id = self.table.reserve();
         let mut relays: [Option<Relay<R::Socket>>; 2] = [None, None];
         let mut family_error = None;
-        for (i, wanted) in families.into_iter().enumerate() {
-            if !wanted {
-                continue;
+        let mut reserved = None;
+        let id = match claimed {
+            Some(r) => {
+                relays[r.family & 1] = Some(r.relay);
+                r.id
             }
-            match self.open_relay(
-                tuple,
-                i,
-                even,
-                RelayToken {
-                    allocation: id,
-                    family: i as u8,
-                },
-            ) {
-                Ok(r) => relays[i] = Some(r),
-                // The additional family may fail on its own (RFC 8656 §7.2).
-                Err(_) if dual && i == 1 => family_error = Some(0x02),
-                Err(e) => {
-                    self.table.unreserve(id);
-                    self.shared.quota.release(auth.username);
-                    return Err(e);
+            None => {
+                let id = self.table.reserve();
+                for (i, wanted) in families.into_iter().enumerate() {
+                    if !wanted {
+                        continue;
+                    }
+                    let token = RelayToken {
+                        allocation: id,
+                        family: i as u8,
+                    };
+                    match self.open_relay(now, tuple, i, even, reserve, token) {
+                        Ok((r, next)) => {
+                            relays[i] = Some(r);
+                            reserved = next;
+                        }
+                        // The additional family may fail on its own (RFC 8656 §7.2).
+                        Err(_) if dual && i == 1 => family_error = Some(0x02),
+                        Err(e) => {
+                            self.table.unreserve(id);
+                            self.shared.quota.release(auth.username);
+                            return Err(e);
+                        }
+                    }
+                }
+                id
+            }
+        };
+        let dont_fragment = attrs.dont_fragment;
+        if dont_fragment {
+            let sockets = relays
+                .iter()
+                .flatten()
+                .map(|r| &r.socket)
+                .chain(reserved.as_ref().map(|r: &Reservation<R::Socket>| &r.relay.socket));
+            let mut failed = None;
+            for socket in sockets {
+                if let Err(e) = self.io.set_dont_fragment(socket) {
+                    failed = Some(if e.kind() == std::io::ErrorKind::Unsupported {
+                        Refusal::DontFragment
+                    } else {
+                        Refusal::RelaySocket
+                    });
+                    break;
                 }
             }
+            if let Some(refusal) = failed {
+                if let Some(r) = reserved {
+                    self.table.unreserve(r.id);
+                }
+                self.table.unreserve(id);
+                self.shared.quota.release(auth.username);
+                return Err(refusal);
+            }
         }
+        let reservation_token = reserved.map(|r| {
+            let mut t = [0u8; 8];
+            self.rng.fill_bytes(&mut t);
+            self.reservations.deadlines.push(Reverse((r.expires, t)));
+            self.reservations.by_token.insert(t, r);
+            t
+        });
         let relayed = [0, 1].map(|i| relays[i].as_ref().map(|r| r.advertised));
         let a = Allocation {
             tuple: *tuple,
@@ -143,6 +271,8 @@ impl<R: RelayIo> Engine<R> {
             channels: Default::default(),
             channel_by_peer: Default::default(),
             traffic: Traffic::default(),
+            reservation_token,
+            dont_fragment,
             bandwidth: super::Bucket::new(),
             scheduled: None,
         };
@@ -162,17 +292,22 @@ impl<R: RelayIo> Engine<R> {
             relayed,
             family_error,
             lifetime: lifetime_secs(lifetime),
+            token: reservation_token,
         })
     }
 
-    /// Binds a relay socket of family `i` (0 = IPv4, 1 = IPv6) on a random free port.
+    /// Binds a relay socket of family `i` (0 = IPv4, 1 = IPv6) on a random free port: an even
+    /// one with EVEN-PORT, and with R also the port after it, reserved under an id of its
+    /// own for a later Allocate.
     fn open_relay(
         &mut self,
+        now: Instant,
         tuple: &FiveTuple,
         i: usize,
         even: bool,
+        reserve: bool,
         token: RelayToken,
-    ) -> Result<Relay<R::Socket>, Refusal> {
+    ) -> Result<Opened<R::Socket>, Refusal> {
         let unsupported = Refusal::NoRelayFamily;
         let bind_ip = *self
             .config
@@ -187,36 +322,74 @@ impl<R: RelayIo> Engine<R> {
             None if family_index(tuple.server.ip()) == i && !tuple.server.ip().is_unspecified() => tuple.server.ip(),
             None => return Err(unsupported),
         };
+        if reserve && self.reservations.len() >= self.config.max_allocations as usize {
+            return Err(Refusal::ReservationsFull);
+        }
         let range = self.config.relay_ports;
         let span = range.len();
         let start = self.rng.next_u32() % span;
-        // A random start from the OS CSPRNG, then every port once, so a nearly full pool is
-        // still found; EVEN-PORT steps over odd ports.
+        let relay = |socket, port| Relay {
+            socket,
+            bound: SocketAddr::new(bind_ip, port),
+            advertised: SocketAddr::new(advertised_ip, port),
+        };
+        // A random start from the seeded generator, then every port once, so a nearly full
+        // pool is still found; EVEN-PORT steps over odd ports.
         for k in 0..span {
             let port = range.nth(start.wrapping_add(k));
             if even && port % 2 == 1 {
                 continue;
             }
-            let addr = SocketAddr::new(bind_ip, port);
-            match self.io.bind(addr, token) {
-                Ok(socket) => {
-                    return Ok(Relay {
-                        socket,
-                        bound: addr,
-                        advertised: SocketAddr::new(advertised_ip, port),
-                    })
+            if reserve && (port == u16::MAX || port == range.last()) {
+                continue;
+            }
+            let socket = match self.bind_one(SocketAddr::new(bind_ip, port), token) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            };
+            if !reserve {
+                return Ok((relay(socket, port), None));
+            }
+            let next_id = self.table.reserve();
+            let next_token = RelayToken {
+                allocation: next_id,
+                family: i as u8,
+            };
+            match self.bind_one(SocketAddr::new(bind_ip, port + 1), next_token) {
+                Ok(Some(next)) => {
+                    let reservation = Reservation {
+                        id: next_id,
+                        family: i,
+                        relay: relay(next, port + 1),
+                        expires: now + RESERVATION_LIFETIME,
+                    };
+                    return Ok((relay(socket, port), Some(reservation)));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97) => {
-                    return Err(unsupported)
-                }
+                // Port + 1 is taken: give back this even port and try the next.
+                Ok(None) => self.table.unreserve(next_id),
                 Err(e) => {
-                    tracing::warn!(error = %e, %addr, "cannot open relay socket");
-                    return Err(Refusal::RelaySocket);
+                    self.table.unreserve(next_id);
+                    return Err(e);
                 }
             }
         }
         Err(Refusal::PortsExhausted)
+    }
+
+    /// Binds one relay socket: `None` when the port is taken.
+    fn bind_one(&mut self, addr: SocketAddr, token: RelayToken) -> Result<Option<R::Socket>, Refusal> {
+        match self.io.bind(addr, token) {
+            Ok(socket) => Ok(Some(socket)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(97) => {
+                Err(Refusal::NoRelayFamily)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %addr, "cannot open relay socket");
+                Err(Refusal::RelaySocket)
+            }
+        }
     }
 
     pub(super) fn refresh(

@@ -68,6 +68,11 @@ pub struct Allocation<S> {
     pub channels: HashMap<ChannelNumber, Channel>,
     pub channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
     pub traffic: Traffic,
+    /// The RESERVATION-TOKEN this allocation's Allocate answer carried (EVEN-PORT with R),
+    /// repeated if the request is retransmitted.
+    pub reservation_token: Option<[u8; 8]>,
+    /// The relay sockets send with the DF bit (DONT-FRAGMENT).
+    pub dont_fragment: bool,
     /// Relayed bytes per second (`bandwidth_per_allocation`).
     pub(crate) bandwidth: super::Bucket,
     /// The deadline this allocation currently has in the timer heap.
@@ -324,6 +329,8 @@ mod tests {
             },
             username: "u".into(),
             allocate_tid: TransactionId([0; 12]),
+            reservation_token: None,
+            dont_fragment: false,
             relays: [None, None],
             created,
             expires: created + lives,

@@ -32,4 +32,8 @@ pub trait RelayIo {
     /// [`super::Engine::handle_peer`] with `token`. An `AddrInUse` error makes the engine try
     /// another port.
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<Self::Socket>;
+
+    /// Sets the DF bit on every datagram `socket` sends from now on (RFC 8656 DONT-FRAGMENT).
+    /// A platform that cannot returns `Unsupported`, and the engine answers 420.
+    fn set_dont_fragment(&mut self, socket: &Self::Socket) -> io::Result<()>;
 }

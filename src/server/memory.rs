@@ -12,6 +12,7 @@ use super::io::{RelayIo, RelayToken};
 #[derive(Debug, Default)]
 struct State {
     open: HashSet<SocketAddr>,
+    dont_fragment: HashSet<SocketAddr>,
     binds: u64,
 }
 
@@ -31,7 +32,9 @@ pub struct MemorySocket {
 
 impl Drop for MemorySocket {
     fn drop(&mut self) {
-        self.state.borrow_mut().open.remove(&self.addr);
+        let mut s = self.state.borrow_mut();
+        s.open.remove(&self.addr);
+        s.dont_fragment.remove(&self.addr);
     }
 }
 
@@ -39,6 +42,11 @@ impl MemoryRelay {
     /// Relay sockets open right now.
     pub fn open_sockets(&self) -> usize {
         self.state.borrow().open.len()
+    }
+
+    /// True when `addr`'s socket sends with the DF bit.
+    pub fn dont_fragment(&self, addr: SocketAddr) -> bool {
+        self.state.borrow().dont_fragment.contains(&addr)
     }
 
     /// Successful binds so far.
@@ -61,5 +69,10 @@ impl RelayIo for MemoryRelay {
             token,
             state: self.state.clone(),
         })
+    }
+
+    fn set_dont_fragment(&mut self, socket: &MemorySocket) -> io::Result<()> {
+        self.state.borrow_mut().dont_fragment.insert(socket.addr);
+        Ok(())
     }
 }

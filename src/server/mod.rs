@@ -214,8 +214,7 @@ impl Epoch {
 /// Comprehension-required attributes this server understands in a request. Anything else
 /// below 0x8000 gets 420 (RFC 8489 §6.3.1). Not here: CHANGE-REQUEST, RESPONSE-PORT and
 /// PADDING (RFC 5780), known only in a Binding request to a discovery address
-/// ([`discovery::RFC5780`]), and DONT-FRAGMENT, which RFC 8656 §7.2 says to treat as unknown
-/// when the server cannot set the DF bit.
+/// ([`discovery::RFC5780`]).
 const KNOWN_REQUIRED: &[AttrType] = &[
     AttrType::MAPPED_ADDRESS,
     AttrType::USERNAME,
@@ -237,6 +236,7 @@ const KNOWN_REQUIRED: &[AttrType] = &[
     AttrType::EVEN_PORT,
     AttrType::REQUESTED_TRANSPORT,
     AttrType::RESERVATION_TOKEN,
+    AttrType::DONT_FRAGMENT,
     AttrType::PRIORITY,
     AttrType::USE_CANDIDATE,
 ];
@@ -254,6 +254,8 @@ pub struct Engine<R: RelayIo> {
     /// Every random choice: relay ports, transaction IDs, hash keys. Seeded by the driver.
     rng: ChaCha20Rng,
     table: allocation::Table<R::Socket>,
+    /// Ports reserved by EVEN-PORT with R, waiting for the Allocate that names their token.
+    reservations: allocate::Reservations<R::Socket>,
     log_limiter: LogLimiter,
     /// Transaction IDs of Data indications: a random base and a counter (they need to be
     /// unique, not secret; no response ever refers to them).
@@ -279,6 +281,7 @@ impl<R: RelayIo> Engine<R> {
             stats: Arc::default(),
             io,
             table: allocation::Table::default(),
+            reservations: allocate::Reservations::default(),
             log_limiter: LogLimiter::new(),
             indication_tid: (base, 0),
             limiter: SourceLimiter::new(clock.at, keys),
@@ -471,16 +474,31 @@ impl<R: RelayIo> Engine<R> {
         for &id in &ids {
             self.end_allocation(now, id, reason);
         }
+        for id in self.reservations.drain() {
+            self.table.unreserve(id);
+        }
         ids.len()
     }
 
     /// The next moment [`Engine::handle_timeout`] has work to do.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.table.next_timeout()
+        match (self.table.next_timeout(), self.reservations.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Expires allocations, permissions and channels whose deadline is at or before `now`.
+    /// Ports reserved by EVEN-PORT with R and not yet claimed.
+    pub fn reserved_ports(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Expires allocations, permissions, channels and port reservations whose deadline is at
+    /// or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        for id in self.reservations.expire(now) {
+            self.table.unreserve(id);
+        }
         while let Some(id) = self.table.pop_due(now) {
             let Some(a) = self.table.get_mut(id) else { continue };
             if a.expires <= now {

@@ -54,12 +54,18 @@ refusals! {
     Draining => INSUFFICIENT_CAPACITY, "draining: the server is shutting down", None;
     /// RESERVATION-TOKEN together with EVEN-PORT or REQUESTED-ADDRESS-FAMILY.
     TokenWithOthers => BAD_REQUEST, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY", None;
-    /// A RESERVATION-TOKEN this server never issued.
-    UnknownToken => INSUFFICIENT_CAPACITY, "RESERVATION-TOKEN is not valid here", None;
+    /// A RESERVATION-TOKEN that is unknown, expired or already used.
+    UnknownToken => INSUFFICIENT_CAPACITY, "RESERVATION-TOKEN is unknown or expired", None;
+    /// A RESERVATION-TOKEN that is not eight bytes.
+    MalformedToken => BAD_REQUEST, "malformed RESERVATION-TOKEN", None;
     /// An empty EVEN-PORT.
     MalformedEvenPort => BAD_REQUEST, "malformed EVEN-PORT", None;
-    /// EVEN-PORT with the R bit: reserving port + 1 is not offered.
-    EvenPortReservation => INSUFFICIENT_CAPACITY, "EVEN-PORT with port reservation is not offered (coturn's turnutils_uclient: add -c)", None;
+    /// EVEN-PORT with the R bit on an allocation of two families.
+    ReserveDual => BAD_REQUEST, "EVEN-PORT with R on a dual-stack allocation", None;
+    /// As many ports are reserved as allocations are allowed.
+    ReservationsFull => INSUFFICIENT_CAPACITY, "too many ports reserved", Some("relay.max_allocations");
+    /// DONT-FRAGMENT on a platform that cannot set the DF bit.
+    DontFragment => UNKNOWN_ATTRIBUTE, "DONT-FRAGMENT: this platform cannot set the DF bit", None;
     /// REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together.
     BothFamilies => BAD_REQUEST, "both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY", None;
     /// A REQUESTED-ADDRESS-FAMILY that is neither IPv4 nor IPv6.

@@ -134,6 +134,9 @@ impl<R: RelayIo> Engine<R> {
             return Output::None;
         };
         let peer = canonical(peer);
+        if attrs.dont_fragment {
+            self.dont_fragment(id);
+        }
         let shard = shard!(self);
         let Some(a) = self.table.get_mut(id) else {
             return Output::None;
@@ -150,6 +153,21 @@ impl<R: RelayIo> Engine<R> {
             return Output::None;
         }
         to_peer(a, peer, data)
+    }
+
+    /// A Send indication asked for DONT-FRAGMENT: the allocation's relay sockets set the DF
+    /// bit from now on (the socket option is per socket, so it stays on).
+    fn dont_fragment(&mut self, id: super::AllocationId) {
+        let Some(a) = self.table.get_mut(id) else { return };
+        if a.dont_fragment {
+            return;
+        }
+        a.dont_fragment = true;
+        for r in a.relays.iter().flatten() {
+            if let Err(e) = self.io.set_dont_fragment(&r.socket) {
+                tracing::debug!(error = %e, relay = %r.bound, "cannot set DF on a relay socket");
+            }
+        }
     }
 
     /// A datagram relay socket `token` received from `peer`, framed for the client as

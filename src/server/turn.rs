@@ -20,6 +20,8 @@ pub(super) enum Outcome {
         relayed: [Option<SocketAddr>; 2],
         family_error: Option<u8>,
         lifetime: u32,
+        /// RESERVATION-TOKEN, when EVEN-PORT with R reserved the next port.
+        token: Option<[u8; 8]>,
     },
     Refreshed {
         lifetime: u32,
@@ -90,7 +92,11 @@ impl<R: RelayIo> Engine<R> {
                         relayed,
                         family_error,
                         lifetime,
+                        token,
                     } => {
+                        if let Some(token) = token {
+                            w.attr(AttrType::RESERVATION_TOKEN, &token)?;
+                        }
                         for addr in relayed.into_iter().flatten() {
                             w.xor_address(AttrType::XOR_RELAYED_ADDRESS, addr)?;
                         }
