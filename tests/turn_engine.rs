@@ -1440,7 +1440,9 @@ fn allocate_with(
         let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
         extra(w);
     });
-    let Sent::Reply(bytes) = w.send(t, &req) else { panic!("no answer") };
+    let Sent::Reply(bytes) = w.send(t, &req) else {
+        panic!("no answer")
+    };
     let m = Message::parse(&bytes).unwrap();
     let token = m.get(AttrType::RESERVATION_TOKEN).map(|a| a.value.to_vec());
     (r.relayed.first().map(|a| a.port()), token, r.error)
@@ -1457,7 +1459,11 @@ fn even_port_with_r_reserves_the_next_port_for_its_token_and_frees_it_at_the_dea
     let port = port.unwrap();
     let token = token.expect("RESERVATION-TOKEN in the answer (and again on a retransmission)");
     assert_eq!((port % 2, token.len()), (0, 8));
-    assert_eq!((w.engine.reserved_ports(), w.relay.open_sockets()), (1, 2), "port + 1 is held");
+    assert_eq!(
+        (w.engine.reserved_ports(), w.relay.open_sockets()),
+        (1, 2),
+        "port + 1 is held"
+    );
     // The token claims port + 1, once.
     let claim = |tok: Vec<u8>| {
         move |w: &mut MessageWriter<'_>| {
@@ -1475,11 +1481,19 @@ fn even_port_with_r_reserves_the_next_port_for_its_token_and_frees_it_at_the_dea
     let token = token.unwrap();
     assert_eq!((w.engine.reserved_ports(), w.relay.open_sockets()), (1, 4));
     let deadline = w.engine.poll_timeout().unwrap();
-    assert_eq!(deadline, w.now + Duration::from_secs(30), "the reservation is the next deadline");
+    assert_eq!(
+        deadline,
+        w.now + Duration::from_secs(30),
+        "the reservation is the next deadline"
+    );
     w.at(Duration::from_secs(29));
     assert_eq!(w.engine.reserved_ports(), 1);
     w.at(Duration::from_secs(30));
-    assert_eq!((w.engine.reserved_ports(), w.relay.open_sockets()), (0, 3), "freed at 30 s");
+    assert_eq!(
+        (w.engine.reserved_ports(), w.relay.open_sockets()),
+        (0, 3),
+        "freed at 30 s"
+    );
     let (_, _, error) = allocate_with(&mut w, &mut alice(), &tuple(5004), claim(token));
     assert_eq!(error, Some(508), "an expired token");
     // When time runs out, nothing is left.
@@ -1510,5 +1524,46 @@ fn dont_fragment_sets_the_df_bit_on_the_relay_socket() {
     send[2..4].copy_from_slice(&len.to_be_bytes());
     send.extend_from_slice(&[0x00, 0x1A, 0x00, 0x00]);
     assert!(matches!(w.send(&t, &send), Sent::Relay { .. }));
-    assert!(w.relay.dont_fragment(plain), "a Send indication with DONT-FRAGMENT turns DF on");
+    assert!(
+        w.relay.dont_fragment(plain),
+        "a Send indication with DONT-FRAGMENT turns DF on"
+    );
+}
+
+#[test]
+fn a_port_reserved_on_one_shard_is_claimed_on_another() {
+    // Two shards: one Shared, one relay namespace; the RTCP Allocate lands on the second.
+    let mut a = World::new(config());
+    let mut b = World::new(config());
+    b.shared = a.shared.clone();
+    b.engine = Engine::new(
+        Arc::new(config()),
+        a.shared.clone(),
+        a.relay.clone(),
+        Epoch {
+            at: a.start,
+            unix: Duration::from_secs(1_800_000_000),
+        },
+        [8; 32],
+    );
+    b.now = a.now;
+    let even_r = |w: &mut MessageWriter<'_>| {
+        let _ = w.attr(AttrType::EVEN_PORT, &[0x80]);
+    };
+    let (port, token, _) = allocate_with(&mut a, &mut alice(), &tuple(5000), even_r);
+    let (port, token) = (port.unwrap(), token.unwrap());
+    assert_eq!(b.engine.reserved_ports(), 1, "every shard sees the reservation");
+    let claim = move |w: &mut MessageWriter<'_>| {
+        let _ = w.attr(AttrType::RESERVATION_TOKEN, &token);
+    };
+    let (claimed, _, error) = allocate_with(&mut b, &mut alice(), &tuple(5001), claim);
+    assert_eq!((claimed, error), (Some(port + 1), None));
+    // The claimed socket delivers to the second shard's allocation.
+    let t = b.token(&tuple(5001));
+    let mut c = alice();
+    success(&b.ask(&mut c, &tuple(5001), |c| c.create_permission(&[peer(7)])));
+    assert!(b.peer_sends(t, peer(7), b"rtcp").is_some());
+    // The first shard's deadline finds nothing left to free.
+    a.at(Duration::from_secs(31));
+    assert_eq!((a.relay.open_sockets(), a.engine.reserved_ports()), (2, 0));
 }

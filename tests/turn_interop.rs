@@ -145,6 +145,8 @@ async fn webrtc_turn_client_with_a_wrong_password_gets_no_allocation() {
 
 /// Parses coturn uclient's summary lines.
 struct UclientTotals {
+    /// Sessions the client ran (RTP and RTCP each count).
+    sessions: u64,
     sent_msgs: u64,
     recv_msgs: u64,
     sent_bytes: u64,
@@ -175,6 +177,7 @@ fn uclient(args: &[&str]) -> UclientTotals {
         .expect("turnutils_uclient missing: install Debian's coturn package (bash .ci/deps)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     UclientTotals {
+        sessions: number_after(&text, "msz="),
         sent_msgs: number_after(&text, "tot_send_msgs="),
         recv_msgs: number_after(&text, "tot_recv_msgs="),
         sent_bytes: number_after(&text, "tot_send_bytes"),
@@ -212,7 +215,7 @@ impl Drop for Peer {
 }
 
 /// coturn's client picks channel numbers from RFC 5766's wider range, so these runs turn on
-/// `relay.legacy_channel_numbers`; `-c` leaves out RTCP port pairs (EVEN-PORT reservations).
+/// `relay.legacy_channel_numbers`. With no other flag it asks for RTP/RTCP port pairs.
 fn coturn_run(flags: &[&str], rest: bool) {
     coturn_run_sharded(flags, rest, 2);
 }
@@ -231,8 +234,8 @@ fn coturn_run_sharded(flags: &[&str], rest: bool, threads: u32) -> (u64, u64) {
     let n = messages.to_string();
     let m = clients.to_string();
     let l = size.to_string();
+    // No -c: the client asks for RTP/RTCP port pairs (EVEN-PORT with R, then the token).
     args.extend([
-        "-c",
         "-e",
         "127.0.0.1",
         "-r",
@@ -253,11 +256,33 @@ fn coturn_run_sharded(flags: &[&str], rest: bool, threads: u32) -> (u64, u64) {
     }
     args.push("127.0.0.1");
     let totals = uclient(&args);
-    assert_eq!(totals.sent_msgs, messages * clients, "{flags:?}");
-    assert_eq!(totals.recv_msgs, messages * clients, "{flags:?}");
-    assert_eq!(totals.sent_bytes, messages * clients * size, "{flags:?}");
-    assert_eq!(totals.recv_bytes, messages * clients * size, "{flags:?}");
+    // RTP and RTCP sessions: more than one per client.
+    let sessions = totals.sessions;
+    assert!(sessions > clients, "{flags:?}: {sessions} sessions");
+    assert_eq!(totals.sent_msgs, messages * sessions, "{flags:?}");
+    assert_eq!(totals.recv_msgs, messages * sessions, "{flags:?}");
+    assert_eq!(totals.sent_bytes, messages * sessions * size, "{flags:?}");
+    assert_eq!(totals.recv_bytes, messages * sessions * size, "{flags:?}");
     assert_eq!(totals.lost, 0, "{flags:?}");
+    // Each RTCP allocation got the odd port its RTP allocation reserved.
+    let ports: Vec<u16> = t
+        .log
+        .try_iter()
+        .filter(|l| l.contains("allocation created"))
+        .filter_map(|l| {
+            l.split("relay_v4=127.0.0.1:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let pairs = ports
+        .iter()
+        .filter(|&&p| p % 2 == 0 && ports.contains(&(p + 1)))
+        .count();
+    assert!(pairs >= 1, "{flags:?}: no RTP/RTCP pair among {ports:?}");
     (totals.recv_msgs, totals.recv_bytes)
 }
 
@@ -305,9 +330,8 @@ fn coturn_uclient_refusals_name_what_to_change() {
     let peer = Peer::start();
     let port = t.udp[0].port().to_string();
     let peer_port = peer.1.to_string();
-    let run = |extra: &[&str]| {
+    let run = || {
         let mut args = vec!["-e", "127.0.0.1", "-r", &peer_port, "-p", &port, "-n", "2", "-m", "1"];
-        args.extend_from_slice(extra);
         args.extend(["-u", "alice", "-w", "wonderland", "127.0.0.1"]);
         let _ = Command::new("timeout")
             .arg("20")
@@ -333,14 +357,9 @@ fn coturn_uclient_refusals_name_what_to_change() {
     // a 3 in 4 chance of a refusal; ten runs without one would mean turnd accepted them.
     let line = (0..10)
         .find_map(|_| {
-            run(&["-c"]);
+            run();
             wait_for("channel number out of range", Duration::from_secs(3))
         })
-        .expect("ten runs of coturn's client with -c and no log line with \"channel number out of range\"");
+        .expect("ten runs of coturn's client and no log line with \"channel number out of range\"");
     assert!(line.contains("(setting: relay.legacy_channel_numbers)"), "{line}");
-    // Without -c it asks for an RTCP port pair.
-    run(&[]);
-    let line = wait_for("EVEN-PORT with port reservation", Duration::from_secs(10))
-        .expect("no log line with \"EVEN-PORT with port reservation\"");
-    assert!(line.contains("add -c"), "{line}");
 }

@@ -61,6 +61,8 @@ fuzz_target!(|data: &[u8]| {
     let mut clients: Vec<TestClient> = (0..4).map(|_| TestClient::new("u", REALM, "p")).collect();
     let peers = [SocketAddr::from(([10, 9, 0, 1], 7000)), SocketAddr::from(([192, 168, 0, 1], 7000))];
 
+    // The last RESERVATION-TOKEN the engine handed out, to claim it.
+    let mut last_token = [0u8; 8];
     let mut rest = data;
     while let [op, arg, tail @ ..] = rest {
         let (op, arg) = (*op, *arg);
@@ -69,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         let t = tuples[i];
         let c = &mut clients[i];
         let peer = peers[usize::from((arg >> 2) & 1)];
-        let packet: Vec<u8> = match op % 13 {
+        let packet: Vec<u8> = match op % 15 {
             0 => c.allocate(),
             1 => c.refresh(u32::from(arg >> 3) * 60),
             2 => c.create_permission(&[peer]),
@@ -115,6 +117,28 @@ fuzz_target!(|data: &[u8]| {
                     }
                 })
             }
+            11 => {
+                // An RTP/RTCP pair: EVEN-PORT (R from `arg`), and DONT-FRAGMENT now and then.
+                c.request(turnd::proto::Method::ALLOCATE, |w| {
+                    let _ = w.attr(turnd::proto::AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                    let _ = w.attr(turnd::proto::AttrType::EVEN_PORT, &[arg & 0x80]);
+                    if arg & 1 != 0 {
+                        let _ = w.attr(turnd::proto::AttrType::DONT_FRAGMENT, &[]);
+                    }
+                })
+            }
+            12 => {
+                // Claim the last token (or a corrupted one).
+                let mut token = last_token;
+                token[0] ^= arg & 0x01;
+                c.request(turnd::proto::Method::ALLOCATE, |w| {
+                    let _ = w.attr(turnd::proto::AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                    let _ = w.attr(turnd::proto::AttrType::RESERVATION_TOKEN, &token);
+                    if arg & 0x02 != 0 {
+                        let _ = w.attr(turnd::proto::AttrType::EVEN_PORT, &[0]);
+                    }
+                })
+            }
             _ => {
                 // Raw bytes from the input.
                 let n = usize::from(arg).min(rest.len());
@@ -137,6 +161,11 @@ fuzz_target!(|data: &[u8]| {
                     assert!(matches!(resp.class(), Class::Success | Class::Error));
                     let req = Message::parse(&packet).expect("engine answered a malformed request");
                     assert_eq!(req.transaction_id(), resp.transaction_id());
+                    if let Some(a) = resp.get(turnd::proto::AttrType::RESERVATION_TOKEN) {
+                        if let Ok(t) = <[u8; 8]>::try_from(a.value) {
+                            last_token = t;
+                        }
+                    }
                     c.read(&out[..n]);
                 }
                 Output::ToPeer { data, .. } => assert!(data.len() <= packet.len()),
@@ -146,7 +175,8 @@ fuzz_target!(|data: &[u8]| {
         // The books balance after every step.
         let allocations = engine.allocation_count();
         let sockets: usize = engine.allocations().map(|a| a.relays.iter().flatten().count()).sum();
-        assert_eq!(relay.open_sockets(), sockets, "a relay socket leaked");
+        assert_eq!(relay.open_sockets(), sockets + engine.reserved_ports(), "a relay socket leaked");
+        assert!(engine.reserved_ports() <= 8, "more reservations than allocations allowed");
         assert_eq!(shared.quota.total() as usize, allocations, "quota out of step");
         assert!(allocations <= 4, "more allocations than 5-tuples");
         let active = metrics.level(|s| &s.allocations_active[Transport::Udp as usize]) + metrics.level(|s| &s.allocations_active[Transport::Tcp as usize]);
@@ -159,6 +189,7 @@ fuzz_target!(|data: &[u8]| {
     engine.handle_timeout(now);
     assert_eq!(engine.allocation_count(), 0);
     assert_eq!(relay.open_sockets(), 0);
+    assert_eq!(engine.reserved_ports(), 0);
     assert_eq!(shared.quota.total(), 0);
     assert_eq!(metrics.level(|s| &s.permissions_active), 0);
     assert_eq!(metrics.level(|s| &s.channels_active), 0);

@@ -49,13 +49,24 @@ pub struct NetRelay {
 
 impl RelayIo for NetRelay {
     type Socket = RelaySocket;
+    /// A bound relay socket outside every epoll set; any shard may adopt it.
+    type Held = UdpSocket;
 
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<RelaySocket> {
+        let sock = super::socket::bind_relay(addr)?;
+        self.adopt(sock, token)
+    }
+
+    fn hold(&mut self, addr: SocketAddr) -> io::Result<UdpSocket> {
+        super::socket::bind_relay(addr)
+    }
+
+    fn adopt(&mut self, sock: UdpSocket, token: RelayToken) -> io::Result<RelaySocket> {
         let shard = self
             .shard
             .upgrade()
             .ok_or_else(|| io::Error::other("the shard is shutting down"))?;
-        let sock = Rc::new(super::socket::bind_relay(addr)?);
+        let sock = Rc::new(sock);
         let slot = shard.register_relay(sock.clone(), token)?;
         Ok(RelaySocket {
             sock,

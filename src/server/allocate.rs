@@ -4,15 +4,16 @@
 //! reply to a retransmission, and the lifetime a Refresh sets or ends.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand_chacha::rand_core::RngCore;
 
 use super::allocation::{family_index, Allocation, Relay, Traffic};
 use super::authenticate::Auth;
-use super::io::{AllocationId, RelayToken};
+use super::io::RelayToken;
 use super::refusal::Refusal;
 use super::turn::Outcome;
 use super::{EndReason, Engine, FiveTuple, RelayIo, DEFAULT_LIFETIME};
@@ -28,67 +29,59 @@ pub(super) fn lifetime_secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
-/// A port reserved for a later Allocate: its socket is already bound (so nobody else takes
-/// the port) under the allocation id it will have.
-pub(super) struct Reservation<S> {
-    id: AllocationId,
+/// A port reserved for a later Allocate: bound already (so nobody else takes it), and
+/// claimable from any shard, since the claiming Allocate comes from another 5-tuple that the
+/// kernel may hash to another shard.
+pub struct Reserved {
+    /// The driver's held port (`RelayIo::Held`).
+    held: Box<dyn std::any::Any + Send>,
     family: usize,
-    relay: Relay<S>,
+    bound: SocketAddr,
+    advertised: SocketAddr,
     expires: Instant,
 }
 
-/// A relay socket just bound, and the reservation of the port after it (EVEN-PORT with R).
-type Opened<S> = (Relay<S>, Option<Reservation<S>>);
-
-/// The reserved ports by token, and their deadlines (fixed, so a heap entry goes stale only
-/// when its token is claimed).
-pub(super) struct Reservations<S> {
-    by_token: HashMap<[u8; 8], Reservation<S>>,
-    deadlines: BinaryHeap<Reverse<(Instant, [u8; 8])>>,
+/// Every shard's port reservations, by token. Taken only by Allocate and by a reservation's
+/// deadline, never on the packet path.
+#[derive(Default)]
+pub struct PortReservations {
+    inner: Mutex<HashMap<[u8; 8], Reserved>>,
 }
 
-impl<S> Default for Reservations<S> {
-    fn default() -> Self {
-        Reservations {
-            by_token: HashMap::new(),
-            deadlines: BinaryHeap::new(),
-        }
+impl std::fmt::Debug for PortReservations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortReservations({})", self.len())
     }
 }
 
-impl<S> Reservations<S> {
-    pub(super) fn len(&self) -> usize {
-        self.by_token.len()
+impl PortReservations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 8], Reserved>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The earliest deadline of a reservation still waiting.
-    pub(super) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((t, token))) = self.deadlines.peek() {
-            if self.by_token.get(&token).is_some_and(|r| r.expires == t) {
-                return Some(t);
-            }
-            self.deadlines.pop();
+    /// Ports reserved and not yet claimed.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes the reservation of `token` unless it is unknown or past its deadline.
+    fn take(&self, token: &[u8; 8], now: Instant) -> Option<Reserved> {
+        let mut map = self.lock();
+        let live = map.get(token).is_some_and(|r| r.expires > now);
+        let r = map.remove(token);
+        live.then_some(r).flatten()
+    }
+
+    /// Frees the reservation of `token` if it is still the one due at `deadline`.
+    pub(super) fn expire(&self, token: &[u8; 8], deadline: Instant) {
+        let mut map = self.lock();
+        if map.get(token).is_some_and(|r| r.expires == deadline) {
+            map.remove(token);
         }
-        None
-    }
-
-    /// Takes out the reservations due at `now`; dropping them closes their sockets.
-    pub(super) fn expire(&mut self, now: Instant) -> Vec<AllocationId> {
-        let mut gone = Vec::new();
-        while let Some(t) = self.next_deadline().filter(|&t| t <= now) {
-            if let Some(Reverse((_, token))) = self.deadlines.pop() {
-                if let Some(r) = self.by_token.remove(&token).filter(|r| r.expires == t) {
-                    gone.push(r.id);
-                }
-            }
-        }
-        gone
-    }
-
-    /// Every reservation, taken out (the server stops).
-    pub(super) fn drain(&mut self) -> Vec<AllocationId> {
-        self.deadlines.clear();
-        self.by_token.drain().map(|(_, r)| r.id).collect()
     }
 }
 
@@ -175,7 +168,7 @@ impl<R: RelayIo> Engine<R> {
             d => d,
         };
         let claimed = match token {
-            Some(t) => Some(self.reservations.by_token.remove(&t).ok_or(Refusal::UnknownToken)?),
+            Some(t) => Some(self.shared.reservations.take(&t, now).ok_or(Refusal::UnknownToken)?),
             None => None,
         };
         if let Err(e) = self.shared.quota.acquire(
@@ -185,78 +178,78 @@ impl<R: RelayIo> Engine<R> {
         ) {
             if let (Some(r), Some(t)) = (claimed, token) {
                 // Still reserved for a later try, until its own deadline.
-                self.reservations.by_token.insert(t, r);
+                self.shared.reservations.lock().insert(t, r);
             }
             return Err(e);
         }
 
+        let id = self.table.reserve();
         let mut relays: [Option<Relay<R::Socket>>; 2] = [None, None];
         let mut family_error = None;
         let mut reserved = None;
-        let id = match claimed {
-            Some(r) => {
-                relays[r.family & 1] = Some(r.relay);
-                r.id
-            }
-            None => {
-                let id = self.table.reserve();
-                for (i, wanted) in families.into_iter().enumerate() {
-                    if !wanted {
-                        continue;
-                    }
-                    let token = RelayToken {
-                        allocation: id,
-                        family: i as u8,
-                    };
-                    match self.open_relay(now, tuple, i, even, reserve, token) {
-                        Ok((r, next)) => {
-                            relays[i] = Some(r);
-                            reserved = next;
-                        }
-                        // The additional family may fail on its own (RFC 8656 §7.2).
-                        Err(_) if dual && i == 1 => family_error = Some(0x02),
-                        Err(e) => {
-                            self.table.unreserve(id);
-                            self.shared.quota.release(auth.username);
-                            return Err(e);
-                        }
-                    }
-                }
-                id
-            }
+        let fail = |engine: &mut Self, e: Refusal| {
+            engine.table.unreserve(id);
+            engine.shared.quota.release(auth.username);
+            Err(e)
         };
+        if let Some(r) = claimed {
+            let token = RelayToken {
+                allocation: id,
+                family: r.family as u8,
+            };
+            let adopted = r
+                .held
+                .downcast::<R::Held>()
+                .map_err(|_| Refusal::UnknownToken)
+                .and_then(|h| self.io.adopt(*h, token).map_err(|_| Refusal::RelaySocket));
+            match adopted {
+                Ok(socket) => {
+                    relays[r.family & 1] = Some(Relay {
+                        socket,
+                        bound: r.bound,
+                        advertised: r.advertised,
+                    })
+                }
+                Err(e) => return fail(self, e),
+            }
+        } else {
+            for (i, wanted) in families.into_iter().enumerate() {
+                if !wanted {
+                    continue;
+                }
+                let token = RelayToken {
+                    allocation: id,
+                    family: i as u8,
+                };
+                match self.open_relay(now, tuple, i, even, reserve, token) {
+                    Ok((r, next)) => {
+                        relays[i] = Some(r);
+                        reserved = next;
+                    }
+                    // The additional family may fail on its own (RFC 8656 §7.2).
+                    Err(_) if dual && i == 1 => family_error = Some(0x02),
+                    Err(e) => return fail(self, e),
+                }
+            }
+        }
         let dont_fragment = attrs.dont_fragment;
         if dont_fragment {
-            let sockets = relays
-                .iter()
-                .flatten()
-                .map(|r| &r.socket)
-                .chain(reserved.as_ref().map(|r: &Reservation<R::Socket>| &r.relay.socket));
-            let mut failed = None;
-            for socket in sockets {
-                if let Err(e) = self.io.set_dont_fragment(socket) {
-                    failed = Some(if e.kind() == std::io::ErrorKind::Unsupported {
+            for r in relays.iter().flatten() {
+                if let Err(e) = self.io.set_dont_fragment(&r.socket) {
+                    let refusal = if e.kind() == std::io::ErrorKind::Unsupported {
                         Refusal::DontFragment
                     } else {
                         Refusal::RelaySocket
-                    });
-                    break;
+                    };
+                    return fail(self, refusal);
                 }
-            }
-            if let Some(refusal) = failed {
-                if let Some(r) = reserved {
-                    self.table.unreserve(r.id);
-                }
-                self.table.unreserve(id);
-                self.shared.quota.release(auth.username);
-                return Err(refusal);
             }
         }
         let reservation_token = reserved.map(|r| {
             let mut t = [0u8; 8];
             self.rng.fill_bytes(&mut t);
-            self.reservations.deadlines.push(Reverse((r.expires, t)));
-            self.reservations.by_token.insert(t, r);
+            self.reservation_timers.push(Reverse((r.expires, t)));
+            self.shared.reservations.lock().insert(t, r);
             t
         });
         let relayed = [0, 1].map(|i| relays[i].as_ref().map(|r| r.advertised));
@@ -307,7 +300,7 @@ impl<R: RelayIo> Engine<R> {
         even: bool,
         reserve: bool,
         token: RelayToken,
-    ) -> Result<Opened<R::Socket>, Refusal> {
+    ) -> Result<(Relay<R::Socket>, Option<Reserved>), Refusal> {
         let unsupported = Refusal::NoRelayFamily;
         let bind_ip = *self
             .config
@@ -322,7 +315,7 @@ impl<R: RelayIo> Engine<R> {
             None if family_index(tuple.server.ip()) == i && !tuple.server.ip().is_unspecified() => tuple.server.ip(),
             None => return Err(unsupported),
         };
-        if reserve && self.reservations.len() >= self.config.max_allocations as usize {
+        if reserve && self.shared.reservations.len() >= self.config.max_allocations as usize {
             return Err(Refusal::ReservationsFull);
         }
         let range = self.config.relay_ports;
@@ -351,26 +344,23 @@ impl<R: RelayIo> Engine<R> {
             if !reserve {
                 return Ok((relay(socket, port), None));
             }
-            let next_id = self.table.reserve();
-            let next_token = RelayToken {
-                allocation: next_id,
-                family: i as u8,
-            };
-            match self.bind_one(SocketAddr::new(bind_ip, port + 1), next_token) {
-                Ok(Some(next)) => {
-                    let reservation = Reservation {
-                        id: next_id,
+            let next = SocketAddr::new(bind_ip, port + 1);
+            match self.io.hold(next) {
+                Ok(held) => {
+                    let reserved = Reserved {
+                        held: Box::new(held),
                         family: i,
-                        relay: relay(next, port + 1),
+                        bound: next,
+                        advertised: SocketAddr::new(advertised_ip, port + 1),
                         expires: now + RESERVATION_LIFETIME,
                     };
-                    return Ok((relay(socket, port), Some(reservation)));
+                    return Ok((relay(socket, port), Some(reserved)));
                 }
                 // Port + 1 is taken: give back this even port and try the next.
-                Ok(None) => self.table.unreserve(next_id),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
                 Err(e) => {
-                    self.table.unreserve(next_id);
-                    return Err(e);
+                    tracing::warn!(error = %e, addr = %next, "cannot hold a relay port");
+                    return Err(Refusal::RelaySocket);
                 }
             }
         }

@@ -28,10 +28,22 @@ pub trait RelayIo {
     /// dropped.
     type Socket;
 
+    /// A port held for a later allocation (EVEN-PORT with R): bound, so nobody else takes
+    /// it, but not yet delivering to an engine. It may be adopted by another shard's engine,
+    /// since the Allocate that claims it may land there; dropping it frees the port.
+    type Held: Send + 'static;
+
     /// Binds a UDP socket to exactly `addr`. Datagrams it receives must be handed to
     /// [`super::Engine::handle_peer`] with `token`. An `AddrInUse` error makes the engine try
     /// another port.
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<Self::Socket>;
+
+    /// Binds `addr` and holds it for a later [`RelayIo::adopt`].
+    fn hold(&mut self, addr: SocketAddr) -> io::Result<Self::Held>;
+
+    /// Turns a held port (perhaps held by another shard) into a relay socket delivering to
+    /// this engine under `token`.
+    fn adopt(&mut self, held: Self::Held, token: RelayToken) -> io::Result<Self::Socket>;
 
     /// Sets the DF bit on every datagram `socket` sends from now on (RFC 8656 DONT-FRAGMENT).
     /// A platform that cannot returns `Unsupported`, and the engine answers 420.

@@ -1,11 +1,10 @@
 //! A [`RelayIo`] that binds nothing, for engine tests, benchmarks and fuzzing. It keeps the
 //! set of "open" relay addresses so that tests can check that every socket is released.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::io::{RelayIo, RelayToken};
 
@@ -19,7 +18,28 @@ struct State {
 /// Opens pretend relay sockets; an address already open gives `AddrInUse`.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRelay {
-    state: Rc<RefCell<State>>,
+    // Shared with held ports, which may move to another engine (another thread).
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pretend port held for a later allocation; dropping it frees the address.
+#[derive(Debug)]
+pub struct MemoryHeld {
+    addr: SocketAddr,
+    /// Taken when the port is adopted.
+    state: Option<Arc<Mutex<State>>>,
+}
+
+impl Drop for MemoryHeld {
+    fn drop(&mut self) {
+        if let Some(state) = &self.state {
+            lock(state).open.remove(&self.addr);
+        }
+    }
 }
 
 /// A pretend relay socket; dropping it frees its address.
@@ -27,12 +47,12 @@ pub struct MemoryRelay {
 pub struct MemorySocket {
     pub addr: SocketAddr,
     pub token: RelayToken,
-    state: Rc<RefCell<State>>,
+    state: Arc<Mutex<State>>,
 }
 
 impl Drop for MemorySocket {
     fn drop(&mut self) {
-        let mut s = self.state.borrow_mut();
+        let mut s = lock(&self.state);
         s.open.remove(&self.addr);
         s.dont_fragment.remove(&self.addr);
     }
@@ -41,25 +61,26 @@ impl Drop for MemorySocket {
 impl MemoryRelay {
     /// Relay sockets open right now.
     pub fn open_sockets(&self) -> usize {
-        self.state.borrow().open.len()
+        lock(&self.state).open.len()
     }
 
     /// True when `addr`'s socket sends with the DF bit.
     pub fn dont_fragment(&self, addr: SocketAddr) -> bool {
-        self.state.borrow().dont_fragment.contains(&addr)
+        lock(&self.state).dont_fragment.contains(&addr)
     }
 
     /// Successful binds so far.
     pub fn binds(&self) -> u64 {
-        self.state.borrow().binds
+        lock(&self.state).binds
     }
 }
 
 impl RelayIo for MemoryRelay {
     type Socket = MemorySocket;
+    type Held = MemoryHeld;
 
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<MemorySocket> {
-        let mut s = self.state.borrow_mut();
+        let mut s = lock(&self.state);
         if !s.open.insert(addr) {
             return Err(io::ErrorKind::AddrInUse.into());
         }
@@ -71,8 +92,30 @@ impl RelayIo for MemoryRelay {
         })
     }
 
+    fn hold(&mut self, addr: SocketAddr) -> io::Result<MemoryHeld> {
+        let mut s = lock(&self.state);
+        if !s.open.insert(addr) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        s.binds += 1;
+        Ok(MemoryHeld {
+            addr,
+            state: Some(self.state.clone()),
+        })
+    }
+
+    fn adopt(&mut self, mut held: MemoryHeld, token: RelayToken) -> io::Result<MemorySocket> {
+        // The address stays open: it passes from the held port to the socket.
+        let state = held.state.take().unwrap_or_else(|| self.state.clone());
+        Ok(MemorySocket {
+            addr: held.addr,
+            token,
+            state,
+        })
+    }
+
     fn set_dont_fragment(&mut self, socket: &MemorySocket) -> io::Result<()> {
-        self.state.borrow_mut().dont_fragment.insert(socket.addr);
+        lock(&self.state).dont_fragment.insert(socket.addr);
         Ok(())
     }
 }

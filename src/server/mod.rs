@@ -28,6 +28,8 @@ pub mod stats;
 pub mod testclient;
 mod turn;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -117,6 +119,8 @@ pub struct Shared {
     credentials: RwLock<Arc<dyn CredentialSource>>,
     pub nonce_key: NonceKey,
     pub quota: Quota,
+    /// Ports reserved by EVEN-PORT with R, which an Allocate on any shard may claim.
+    pub reservations: allocate::PortReservations,
 }
 
 impl Shared {
@@ -125,6 +129,7 @@ impl Shared {
             credentials: RwLock::new(credentials),
             nonce_key,
             quota: Quota::default(),
+            reservations: Default::default(),
         }
     }
 
@@ -254,8 +259,9 @@ pub struct Engine<R: RelayIo> {
     /// Every random choice: relay ports, transaction IDs, hash keys. Seeded by the driver.
     rng: ChaCha20Rng,
     table: allocation::Table<R::Socket>,
-    /// Ports reserved by EVEN-PORT with R, waiting for the Allocate that names their token.
-    reservations: allocate::Reservations<R::Socket>,
+    /// The deadlines of the ports this engine reserved (EVEN-PORT with R), by token; the
+    /// reservations themselves are in `Shared`, claimable from any shard.
+    reservation_timers: BinaryHeap<Reverse<(Instant, [u8; 8])>>,
     log_limiter: LogLimiter,
     /// Transaction IDs of Data indications: a random base and a counter (they need to be
     /// unique, not secret; no response ever refers to them).
@@ -281,7 +287,7 @@ impl<R: RelayIo> Engine<R> {
             stats: Arc::default(),
             io,
             table: allocation::Table::default(),
-            reservations: allocate::Reservations::default(),
+            reservation_timers: BinaryHeap::new(),
             log_limiter: LogLimiter::new(),
             indication_tid: (base, 0),
             limiter: SourceLimiter::new(clock.at, keys),
@@ -474,30 +480,35 @@ impl<R: RelayIo> Engine<R> {
         for &id in &ids {
             self.end_allocation(now, id, reason);
         }
-        for id in self.reservations.drain() {
-            self.table.unreserve(id);
+        for Reverse((deadline, token)) in self.reservation_timers.drain() {
+            self.shared.reservations.expire(&token, deadline);
         }
         ids.len()
     }
 
     /// The next moment [`Engine::handle_timeout`] has work to do.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        match (self.table.next_timeout(), self.reservations.next_deadline()) {
+        match (
+            self.table.next_timeout(),
+            self.reservation_timers.peek().map(|r| r.0 .0),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Ports reserved by EVEN-PORT with R and not yet claimed.
+    /// Ports reserved by EVEN-PORT with R and not yet claimed, on every shard.
     pub fn reserved_ports(&self) -> usize {
-        self.reservations.len()
+        self.shared.reservations.len()
     }
 
     /// Expires allocations, permissions, channels and port reservations whose deadline is at
     /// or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for id in self.reservations.expire(now) {
-            self.table.unreserve(id);
+        while let Some(&Reverse((deadline, token))) = self.reservation_timers.peek().filter(|r| r.0 .0 <= now) {
+            self.reservation_timers.pop();
+            // Claimed meanwhile (perhaps on another shard): nothing left to free.
+            self.shared.reservations.expire(&token, deadline);
         }
         while let Some(id) = self.table.pop_due(now) {
             let Some(a) = self.table.get_mut(id) else { continue };
