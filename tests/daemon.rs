@@ -208,7 +208,6 @@ fn uclient_over_tls(port: &str) -> String {
             "turnutils_uclient",
             "-t",
             "-S",
-            "-c",
             "-u",
             "alice",
             "-w",
