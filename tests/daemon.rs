@@ -203,16 +203,7 @@ fn uclient_over_tls(port: &str) -> String {
         .expect("turnutils_peer (bash .ci/deps)");
     std::thread::sleep(Duration::from_millis(200));
     let out = Command::new("timeout")
-        .args([
-            "60",
-            "turnutils_uclient",
-            "-t",
-            "-S",
-            "-u",
-            "alice",
-            "-w",
-            "wonderland",
-        ])
+        .args(["60", "turnutils_uclient", "-t", "-S", "-u", "alice", "-w", "wonderland"])
         .args([
             "-e",
             "127.0.0.1",

@@ -60,6 +60,8 @@ enum Sent {
         peer: SocketAddr,
         data: Vec<u8>,
     },
+    /// ConnectionBind's answer, and the connection it joined.
+    Joined(Vec<u8>, turnd::server::ConnectionId),
 }
 
 struct World {
@@ -115,6 +117,10 @@ impl World {
                 peer,
                 data: data.to_vec(),
             },
+            Output::Joined { tuple, len, connection } => {
+                assert_eq!(tuple, *t, "a ConnectionBind is answered on its own connection");
+                Sent::Joined(self.out[..len].to_vec(), connection)
+            }
         }
     }
 
@@ -169,7 +175,7 @@ impl World {
         match self.engine.handle_peer(self.now, token, from, data, &mut self.out) {
             Output::ToClient { tuple, len } => Some((tuple, self.out[..len].to_vec())),
             Output::None => None,
-            Output::ToPeer { .. } => panic!("a peer's datagram goes to the client"),
+            Output::ToPeer { .. } | Output::Joined { .. } => panic!("a peer's datagram goes to the client"),
         }
     }
 
@@ -466,9 +472,12 @@ fn stale_nonce_gets_438_with_a_fresh_nonce() {
         w.metrics.total(|s| &s.auth_failures[AuthFailure::stale_nonce as usize]),
         1
     );
-    // A nonce from another client is not accepted either.
+    // A nonce from another client is not accepted either (another IP: the nonce is bound
+    // to the client's IP and transport, not its port).
     let mut other = c.clone();
-    let r = w.ask_once(&mut other, &tuple(5001), |c| c.allocate());
+    let mut elsewhere = tuple(5001);
+    elsewhere.client = SocketAddr::from(([127, 0, 0, 9], 5001));
+    let r = w.ask_once(&mut other, &elsewhere, |c| c.allocate());
     assert_eq!(r.error, Some(438));
     assert_eq!(
         w.metrics
@@ -1167,6 +1176,10 @@ fn replay(seed: [u8; 32]) -> Vec<Vec<u8>> {
         Sent::Relay { from, peer, data } => {
             out.push(format!("{from}>{peer}").into_bytes());
             out.push(data);
+        }
+        Sent::Joined(b, id) => {
+            out.push(b);
+            out.push(id.0.to_be_bytes().to_vec());
         }
     };
     for _ in 0..2 {

@@ -1,6 +1,8 @@
 //! Stateless nonces (RFC 8489 §9.2): an expiry time and a MAC over it and the client's
-//! 5-tuple under a per-process random key. Issuing one allocates nothing, so unauthenticated
-//! traffic creates no server state.
+//! transport and IP address under a per-process random key. Issuing one allocates nothing, so
+//! unauthenticated traffic creates no server state. The port is left out: a client's TCP
+//! relay data connections (RFC 6062) come from new ports with the nonce of its control
+//! connection, as coturn's client does.
 //!
 //! Format: base64url of 4 bytes of expiry (unix seconds) and 8 bytes of HMAC-SHA256: 16
 //! bytes, which keeps 401 responses small. When the server offers password algorithms
@@ -72,7 +74,6 @@ impl NonceKey {
             SocketAddr::V4(a) => mac.update(&a.ip().octets()),
             SocketAddr::V6(a) => mac.update(&a.ip().octets()),
         }
-        mac.update(&client.client.port().to_be_bytes());
         let full = mac.finalize().into_bytes();
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(&full[..MAC_LEN]);
@@ -146,7 +147,17 @@ mod tests {
     fn bound_to_client_and_key() {
         let k = NonceKey::from_bytes([1; 32]);
         let (n, _) = k.issue(1000, &tuple(5000), true);
-        assert_eq!(k.check(&n, 0, &tuple(5001)), NonceCheck::Invalid);
+        assert_eq!(
+            k.check(&n, 0, &tuple(5001)),
+            NonceCheck::Valid,
+            "another port of the client's IP"
+        );
+        let mut elsewhere = tuple(5000);
+        elsewhere.client = SocketAddr::from(([192, 0, 2, 2], 5000));
+        assert_eq!(k.check(&n, 0, &elsewhere), NonceCheck::Invalid);
+        let mut tcp = tuple(5000);
+        tcp.transport = Transport::Tcp;
+        assert_eq!(k.check(&n, 0, &tcp), NonceCheck::Invalid);
         assert_eq!(
             NonceKey::from_bytes([2; 32]).check(&n, 0, &tuple(5000)),
             NonceCheck::Invalid

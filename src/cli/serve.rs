@@ -60,6 +60,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         unauthenticated_rate: config.limits.unauthenticated_rate,
         bandwidth_per_allocation: config.relay.bandwidth_per_allocation,
         bandwidth_total: config.relay.bandwidth_total,
+        max_tcp_connections: config.relay.max_tcp_connections,
         discovery: config.discovery().into_iter().map(|(_, quad)| quad).collect(),
     }
 }

@@ -146,6 +146,8 @@ pub struct RelayConfig {
     pub max_allocations_per_user: u32,
     /// Accept RFC 5766's channel numbers 0x5000..=0x7FFE as well as RFC 8656's.
     pub legacy_channel_numbers: bool,
+    /// TCP relay data connections (RFC 6062) one TCP allocation may have.
+    pub max_tcp_connections: u32,
     /// Relayed bytes per second per allocation (both directions); 0 means no limit.
     #[serde(serialize_with = "render::size")]
     pub bandwidth_per_allocation: u64,

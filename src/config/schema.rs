@@ -96,6 +96,8 @@ pub(super) struct RawRelay {
     #[serde(default)]
     pub(super) legacy_channel_numbers: Option<bool>,
     #[serde(default)]
+    pub(super) max_tcp_connections: Option<Spanned<i64>>,
+    #[serde(default)]
     pub(super) bandwidth_per_allocation: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) bandwidth_total: Option<Spanned<String>>,

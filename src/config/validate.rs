@@ -29,6 +29,7 @@ const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
 const DEFAULT_MAX_ALLOCATIONS: u32 = 100_000;
 const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 100;
+const DEFAULT_MAX_TCP_CONNECTIONS: u32 = 32;
 
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
@@ -343,6 +344,13 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
             "relay.max_allocations_per_user",
         )?,
         legacy_channel_numbers: raw.legacy_channel_numbers.unwrap_or(false),
+        max_tcp_connections: int_in(
+            cx,
+            raw.max_tcp_connections,
+            DEFAULT_MAX_TCP_CONNECTIONS,
+            1..=100_000,
+            "relay.max_tcp_connections",
+        )?,
         bandwidth_per_allocation: size(cx, raw.bandwidth_per_allocation)?,
         bandwidth_total: size(cx, raw.bandwidth_total)?,
     })

@@ -156,6 +156,12 @@ impl Collector for ShardCollector {
         )?;
         gauge(
             &mut enc,
+            "turnd_tcp_relay_connections_active",
+            "TCP relay data connections (RFC 6062) open now",
+            level_of(&shards, |s| &s.tcp_connections_active),
+        )?;
+        gauge(
+            &mut enc,
             "turnd_channels_active",
             "Channels bound now",
             level_of(&shards, |s| &s.channels_active),

@@ -11,6 +11,7 @@ mod egress;
 mod shard;
 mod socket;
 mod tcp;
+mod tcp_relay;
 mod udp;
 
 use std::io;
@@ -28,7 +29,7 @@ pub mod tls;
 
 use crate::config::{Config, Source};
 use crate::metrics::Metrics;
-use crate::server::{Engine, EngineConfig, Epoch, Shared, Transport};
+use crate::server::{Engine, EngineConfig, Epoch, FiveTuple, Output, Shared, Transport};
 
 /// A socket that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -123,10 +124,36 @@ pub struct SessionInfo {
     pub to_client_bytes: u64,
     pub to_peer_packets: u64,
     pub to_client_packets: u64,
+    /// A TCP allocation's data connections (RFC 6062).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<TcpConnectionInfo>,
 }
 
-/// Requests the admin socket sends to a shard.
-enum ShardCommand {
+/// One data connection of a TCP allocation, as `turnd sessions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TcpConnectionInfo {
+    pub peer: SocketAddr,
+    /// "connecting", "waiting for ConnectionBind" or "bound".
+    pub state: String,
+    pub to_peer_bytes: u64,
+    pub to_client_bytes: u64,
+}
+
+/// The other end of a ConnectionBind forwarded to the shard that holds its allocation: the
+/// answer's bytes, and on success the peer socket with its shared state.
+type BindReply = (Vec<u8>, Option<(std::net::TcpStream, Arc<tcp_relay::PeerConn>)>);
+
+/// Requests the admin socket, or another shard, sends to a shard.
+pub(crate) enum ShardCommand {
+    /// A ConnectionBind that arrived on another shard (RFC 6062; its CONNECTION-ID names this
+    /// shard).
+    ConnectionBind {
+        tuple: FiveTuple,
+        request: Vec<u8>,
+        reply: oneshot::Sender<BindReply>,
+    },
+    /// A data connection pair joined on another shard has ended.
+    ConnectionClosed(crate::server::ConnectionId),
     Sessions {
         user: Option<String>,
         reply: oneshot::Sender<Vec<SessionInfo>>,
@@ -301,7 +328,10 @@ impl Server {
                 .unwrap_or_default(),
         };
         let mut handles = Vec::with_capacity(shards);
-        let mut commands = Vec::with_capacity(shards);
+        // Every shard can reach every other: a TCP relay's ConnectionBind may land on a shard
+        // other than the one that holds its allocation.
+        let (commands, mut receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
+        let siblings = Arc::new(commands.clone());
         for (i, s) in sockets.into_iter().enumerate() {
             let shared = shared.clone();
             let metrics = metrics.clone();
@@ -316,8 +346,13 @@ impl Server {
             })?;
             let config_rx = config_rx.clone();
             let stop_rx = stop_rx.clone();
-            let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-            commands.push(cmd_tx);
+            let Some(cmd_rx) = receivers.get_mut(i).map(|r| {
+                let (_, empty) = mpsc::unbounded_channel();
+                std::mem::replace(r, empty)
+            }) else {
+                break;
+            };
+            let siblings = siblings.clone();
             let h = std::thread::Builder::new()
                 .name(format!("turnd-shard-{i}"))
                 .spawn(move || {
@@ -332,6 +367,7 @@ impl Server {
                         clock,
                         seed,
                         stop_rx,
+                        siblings,
                     )
                 })
                 .map_err(|e| bind_err("thread", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
@@ -378,14 +414,38 @@ fn handle_command(shard: &shard::Shard, cmd: ShardCommand) {
     match cmd {
         ShardCommand::Sessions { user, reply } => {
             let engine = shard.engine.borrow();
+            let connections = |a: &crate::server::Allocation<shard::RelaySocket>| -> Vec<TcpConnectionInfo> {
+                use std::sync::atomic::Ordering::Relaxed;
+                engine
+                    .connections_of_allocation(&a.tuple)
+                    .map(|c| TcpConnectionInfo {
+                        peer: c.peer,
+                        state: match c.state {
+                            crate::server::ConnectionState::Connecting => "connecting",
+                            crate::server::ConnectionState::Unbound { .. } => "waiting for ConnectionBind",
+                            crate::server::ConnectionState::Bound { .. } => "bound",
+                        }
+                        .to_string(),
+                        to_peer_bytes: c.stream.0.to_peer.load(Relaxed),
+                        to_client_bytes: c.stream.0.to_client.load(Relaxed),
+                    })
+                    .collect()
+            };
             let list = engine
                 .allocations()
                 .filter(|a| user.as_deref().is_none_or(|u| &*a.username == u))
                 .map(|a| SessionInfo {
+                    connections: connections(a),
                     user: a.username.to_string(),
                     client: a.tuple.client,
                     transport: a.tuple.transport.as_str().to_string(),
-                    relayed: a.relays.iter().flatten().map(|r| r.advertised).collect(),
+                    relayed: a
+                        .relays
+                        .iter()
+                        .flatten()
+                        .map(|r| r.advertised)
+                        .chain(a.tcp.map(|t| t.advertised))
+                        .collect(),
                     age_s: now.saturating_duration_since(a.created).as_secs(),
                     to_peer_bytes: a.traffic.to_peer_bytes,
                     to_client_bytes: a.traffic.to_client_bytes,
@@ -395,6 +455,26 @@ fn handle_command(shard: &shard::Shard, cmd: ShardCommand) {
                 .collect();
             let _ = reply.send(list);
         }
+        ShardCommand::ConnectionBind { tuple, request, reply } => {
+            let mut engine = shard.engine.borrow_mut();
+            let mut out = [0u8; 512];
+            let (len, joined) = match engine.handle_client(now, &tuple, &request, &mut out) {
+                Output::Joined { len, connection, .. } => (len, Some(connection)),
+                Output::ToClient { len, .. } => (len, None),
+                _ => (0, None),
+            };
+            let peer = joined.and_then(|cid| {
+                let conn = engine.connection(cid).map(|c| c.stream.0.clone());
+                let taken = conn.and_then(|c| c.take().map(|s| (s, c)));
+                if taken.is_none() {
+                    engine.handle_connection_closed(cid);
+                }
+                taken
+            });
+            shard.rearm(&mut engine);
+            let _ = reply.send((out.get(..len).unwrap_or_default().to_vec(), peer));
+        }
+        ShardCommand::ConnectionClosed(cid) => shard.engine.borrow_mut().handle_connection_closed(cid),
         ShardCommand::Disconnect { user, reply } => {
             let mut engine = shard.engine.borrow_mut();
             let n = engine.disconnect_user(now, &user);
@@ -442,6 +522,7 @@ fn run_shard(
     clock: Epoch,
     seed: [u8; 32],
     stop: watch::Receiver<bool>,
+    siblings: Arc<Vec<mpsc::UnboundedSender<ShardCommand>>>,
 ) {
     let engine_config = config.borrow_and_update().clone();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -457,12 +538,15 @@ fn run_shard(
             |io| {
                 let mut e = Engine::new(engine_config, shared, io, clock, seed);
                 metrics.register(e.stats().clone());
-                e.set_shards(count);
+                e.set_shard(index as u32, count);
                 e
             },
             stop.clone(),
         ) {
-            Ok(shard) => shard,
+            Ok(shard) => {
+                let _ = shard.siblings.set((index, siblings));
+                shard
+            }
             Err(e) => {
                 tracing::error!(shard = index, error = %e, "cannot start shard: no epoll set for relay sockets");
                 return;

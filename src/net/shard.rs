@@ -13,14 +13,16 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify};
 
 use super::batch::TxQueue;
 use super::egress::ClientEgress;
 use crate::proto::MAX_MESSAGE_LEN;
 use crate::server::stats::{DropReason, Stats};
-use crate::server::{Engine, Output, RelayIo, RelayToken};
+use crate::server::{ConnectionId, Engine, Output, RelayIo, RelayToken};
 
 /// Datagrams handled per wake-up of a socket before yielding to the shard's other tasks.
 pub const BATCH: usize = 32;
@@ -51,6 +53,16 @@ impl RelayIo for NetRelay {
     type Socket = RelaySocket;
     /// A bound relay socket outside every epoll set; any shard may adopt it.
     type Held = UdpSocket;
+    type Listener = super::tcp_relay::RelayListener;
+    type Stream = super::tcp_relay::PeerStream;
+
+    fn listen(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<Self::Listener> {
+        super::tcp_relay::listen(&self.shard, addr, token)
+    }
+
+    fn connect(&mut self, from: SocketAddr, peer: SocketAddr, id: ConnectionId) -> io::Result<Self::Stream> {
+        super::tcp_relay::connect(&self.shard, from, peer, id)
+    }
 
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<RelaySocket> {
         let sock = super::socket::bind_relay(addr)?;
@@ -139,6 +151,8 @@ pub struct Shard {
     armed: Cell<Option<Instant>>,
     timer: Notify,
     pub stop: watch::Receiver<bool>,
+    /// This shard's index and every shard's command queue (set once at start).
+    pub siblings: std::cell::OnceCell<(usize, Arc<Vec<UnboundedSender<super::ShardCommand>>>)>,
 }
 
 impl Shard {
@@ -165,6 +179,7 @@ impl Shard {
             armed: Cell::new(None),
             timer: Notify::new(),
             stop,
+            siblings: std::cell::OnceCell::new(),
         }))
     }
 
@@ -260,7 +275,26 @@ impl Shard {
             Output::None => {}
             Output::ToClient { tuple, len } => self.egress.send(&tuple, tx.get(..len).unwrap_or_default(), stats),
             Output::ToPeer { socket, peer, data } => self.queue_peer(socket, peer, data, stats),
+            // Only a TCP client connection can be joined, and its task handles that itself.
+            Output::Joined { tuple, .. } => {
+                tracing::debug!(client = %tuple.client, "ConnectionBind answered outside its connection");
+            }
         }
+    }
+
+    /// Runs one engine entry point that an event of a TCP relay calls (a peer connected, a
+    /// connection to a peer is up or failed), and carries out what it answers.
+    pub fn relay_event(&self, f: impl for<'a> FnOnce(&'a mut Engine<NetRelay>, &mut [u8]) -> Output<'a, RelaySocket>) {
+        let Ok(mut engine) = self.engine.try_borrow_mut() else {
+            return;
+        };
+        let stats = engine.stats().clone();
+        let mut out = [0u8; 512];
+        let output = f(&mut engine, &mut out);
+        self.apply(output, &out, &stats);
+        self.rearm(&mut engine);
+        drop(engine);
+        self.egress.flush_udp(&stats);
     }
 
     /// Wakes the timer task if the engine's next deadline moved earlier. Called after every

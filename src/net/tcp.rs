@@ -1,7 +1,8 @@
 //! The TCP listener driver: accept under a per-listener cap, cut the byte stream into STUN
 //! and ChannelData frames (RFC 8489 §6.2.2, RFC 8656 §12.5), hand each to the engine, and
 //! write back replies and relayed data. A connection is one 5-tuple: when it closes, its
-//! allocation ends at once.
+//! allocation ends at once. A connection whose ConnectionBind succeeds (RFC 6062) stops
+//! framing and becomes a client data connection, its bytes copied to and from its peer.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -14,8 +15,9 @@ use super::egress::TcpOut;
 use super::shard::Shard;
 use super::TcpSettings;
 use crate::proto::framing;
+use crate::proto::{Class, Message, Method, TurnAttributes};
 use crate::server::stats::DropReason;
-use crate::server::{FiveTuple, Output, Transport};
+use crate::server::{ConnectionId, FiveTuple, Output, Transport};
 
 /// Initial read buffer per connection; it grows only as far as the largest frame needs.
 const INITIAL_BUFFER: usize = 2048;
@@ -128,13 +130,44 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Ok(0)) => return "closed by client",
                 Ok(Err(_)) => return "read error",
                 Ok(Ok(_)) => {
-                    let complete = match frames(&mut buf, tuple, shard, &mut reply, &mut pending) {
+                    let (complete, handoff) = match frames(&mut buf, tuple, shard, &mut reply, &mut pending) {
                         Ok(n) => n,
                         Err(why) => {
                             let _ = flush(stream, &mut pending, out).await;
                             return why;
                         }
                     };
+                    match handoff {
+                        None => {}
+                        Some(Handoff::Joined(cid)) => {
+                            if flush(stream, &mut pending, out).await.is_err() {
+                                shard.engine.borrow_mut().handle_connection_closed(cid);
+                                return "write error";
+                            }
+                            let conn = shard.engine.borrow().connection(cid).map(|c| c.stream.0.clone());
+                            let peer = conn.as_ref().and_then(|c| c.take().map(|s| (s, c.clone())));
+                            let why = match peer {
+                                Some((peer, conn)) => super::tcp_relay::splice(stream, &buf, peer, &conn, shard).await,
+                                None => "peer connection gone",
+                            };
+                            shard.engine.borrow_mut().handle_connection_closed(cid);
+                            return why;
+                        }
+                        Some(Handoff::Forward(cid, request)) => {
+                            let Some(answer) = forward_bind(shard, tuple, cid, request).await else {
+                                return "shard gone";
+                            };
+                            pending.extend_from_slice(&answer.0);
+                            if flush(stream, &mut pending, out).await.is_err() {
+                                return "write error";
+                            }
+                            if let Some((peer, conn)) = answer.1 {
+                                let why = super::tcp_relay::splice(stream, &buf, peer, &conn, shard).await;
+                                send_to(shard, cid.shard(), super::ShardCommand::ConnectionClosed(cid));
+                                return why;
+                            }
+                        }
+                    }
                     if buf.capacity() > 4 * INITIAL_BUFFER && buf.len() < INITIAL_BUFFER {
                         buf.shrink_to(INITIAL_BUFFER);
                     }
@@ -154,15 +187,59 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// What ends framing on a connection: a ConnectionBind that joined it with a peer (here,
+/// or on the shard its CONNECTION-ID names).
+enum Handoff {
+    Joined(ConnectionId),
+    Forward(ConnectionId, Vec<u8>),
+}
+
+/// The CONNECTION-ID of a ConnectionBind that another shard holds.
+fn foreign_bind(packet: &[u8], shard: &Shard) -> Option<ConnectionId> {
+    let m = Message::parse(packet).ok()?;
+    if m.method() != Method::CONNECTION_BIND || m.class() != Class::Request {
+        return None;
+    }
+    let cid = ConnectionId(TurnAttributes::decode(&m).connection_id.ok()?);
+    let (me, all) = shard.siblings.get()?;
+    (cid.shard() != *me && cid.shard() < all.len()).then_some(cid)
+}
+
+fn send_to(shard: &Shard, index: usize, cmd: super::ShardCommand) {
+    if let Some(tx) = shard.siblings.get().and_then(|(_, all)| all.get(index)) {
+        let _ = tx.send(cmd);
+    }
+}
+
+/// Has the shard that holds `cid` answer a ConnectionBind from this connection.
+async fn forward_bind(
+    shard: &Shard,
+    tuple: &FiveTuple,
+    cid: ConnectionId,
+    request: Vec<u8>,
+) -> Option<super::BindReply> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    send_to(
+        shard,
+        cid.shard(),
+        super::ShardCommand::ConnectionBind {
+            tuple: *tuple,
+            request,
+            reply,
+        },
+    );
+    answer.await.ok()
+}
+
 /// Handles every complete frame in `buf`, queueing replies in `pending`. Returns how many
-/// frames were complete.
+/// frames were complete, and a handoff that ends framing (the bytes after it stay in `buf`).
 fn frames(
     buf: &mut Vec<u8>,
     tuple: &FiveTuple,
     shard: &Rc<Shard>,
     reply: &mut [u8],
     pending: &mut Vec<u8>,
-) -> Result<usize, &'static str> {
+) -> Result<(usize, Option<Handoff>), &'static str> {
     let now = Instant::now();
     let mut engine = shard.engine.borrow_mut();
     let metrics = engine.stats().clone();
@@ -173,17 +250,24 @@ fn frames(
         match framing::next_frame(rest) {
             Ok(Some(frame)) => {
                 let packet = &rest[..frame.len()];
+                consumed += frame.len();
+                complete += 1;
+                if let Some(cid) = foreign_bind(packet, shard) {
+                    break Ok((complete, Some(Handoff::Forward(cid, packet.to_vec()))));
+                }
                 match engine.handle_client(now, tuple, packet, reply) {
                     // The usual answer: back on this connection, written with its replies.
                     Output::ToClient { tuple: to, len } if to == *tuple => {
                         pending.extend_from_slice(reply.get(..len).unwrap_or_default());
                     }
+                    Output::Joined { len, connection, .. } => {
+                        pending.extend_from_slice(reply.get(..len).unwrap_or_default());
+                        break Ok((complete, Some(Handoff::Joined(connection))));
+                    }
                     output => shard.apply(output, reply, &metrics),
                 }
-                consumed += frame.len();
-                complete += 1;
             }
-            Ok(None) => break Ok(complete),
+            Ok(None) => break Ok((complete, None)),
             Err(e) => {
                 metrics.dropped(DropReason::stream_garbage);
                 tracing::debug!(client = %tuple.client, error = %e, "closing TCP connection: not STUN");

@@ -42,6 +42,8 @@ impl AttrType {
     pub const ADDITIONAL_ADDRESS_FAMILY: AttrType = AttrType(0x8000);
     pub const ADDRESS_ERROR_CODE: AttrType = AttrType(0x8001);
     pub const ICMP: AttrType = AttrType(0x8004);
+    // RFC 6062 (TCP relays)
+    pub const CONNECTION_ID: AttrType = AttrType(0x002A);
     // RFC 8445 (ICE), which browsers put in Binding requests
     pub const PRIORITY: AttrType = AttrType(0x0024);
     pub const USE_CANDIDATE: AttrType = AttrType(0x0025);

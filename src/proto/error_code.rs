@@ -32,6 +32,8 @@ codes! {
     WRONG_CREDENTIALS = 441, "Wrong Credentials";
     UNSUPPORTED_TRANSPORT_PROTOCOL = 442, "Unsupported Transport Protocol";
     PEER_ADDRESS_FAMILY_MISMATCH = 443, "Peer Address Family Mismatch";
+    CONNECTION_ALREADY_EXISTS = 446, "Connection Already Exists";
+    CONNECTION_TIMEOUT_OR_FAILURE = 447, "Connection Timeout or Failure";
     ALLOCATION_QUOTA_REACHED = 486, "Allocation Quota Reached";
     SERVER_ERROR = 500, "Server Error";
     INSUFFICIENT_CAPACITY = 508, "Insufficient Capacity";

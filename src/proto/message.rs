@@ -75,6 +75,10 @@ impl Method {
     pub const DATA: Method = Method(0x007);
     pub const CREATE_PERMISSION: Method = Method(0x008);
     pub const CHANNEL_BIND: Method = Method(0x009);
+    // RFC 6062 (TCP relays)
+    pub const CONNECT: Method = Method(0x00A);
+    pub const CONNECTION_BIND: Method = Method(0x00B);
+    pub const CONNECTION_ATTEMPT: Method = Method(0x00C);
 }
 
 /// Method and class, as packed into the first 16 bits of the header (RFC 8489 §5).

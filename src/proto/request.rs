@@ -102,6 +102,8 @@ pub struct TurnAttributes<'a> {
     /// DONT-FRAGMENT, which has no value (RFC 8656 §18.8).
     pub dont_fragment: bool,
     pub channel_number: Field<u16>,
+    /// CONNECTION-ID (RFC 6062 §6.2.1): four bytes.
+    pub connection_id: Field<u32>,
     /// XOR-PEER-ADDRESS values in order, as far as they decoded.
     pub peers: ArrayVec<SocketAddr, MAX_PEERS>,
     /// What ended the list early, if anything did: it comes right after the last decoded one.
@@ -137,6 +139,7 @@ impl<'a> TurnAttributes<'a> {
                     .channel_number
                     .set(matches!(value, [_, _, _, _]).then(|| u16::from_be_bytes([value[0], value[1]]))),
                 AttrType::DATA => v.data.set(Some(value)),
+                AttrType::CONNECTION_ID => v.connection_id.set(decode_u32(value).ok()),
                 AttrType::XOR_PEER_ADDRESS if v.peers_error.is_none() => match decode_xor_address(value, &tid) {
                     Err(_) => v.peers_error = Some(PeersError::Malformed),
                     Ok(peer) => {

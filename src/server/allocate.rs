@@ -5,7 +5,7 @@
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ use crate::proto::{Family, Field, TransactionId, TurnAttributes};
 
 /// UDP, the only relay transport (REQUESTED-TRANSPORT value).
 const PROTO_UDP: u8 = 17;
+/// TCP (RFC 6062).
+const PROTO_TCP: u8 = 6;
 
 /// How long a port reserved by EVEN-PORT with R waits for its Allocate (RFC 8656 §7.2).
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
@@ -128,11 +130,23 @@ impl<R: RelayIo> Engine<R> {
         if self.config.draining {
             return Err(Refusal::Draining);
         }
-        match attrs.requested_transport {
+        let tcp = match attrs.requested_transport {
             Field::Absent => return Err(Refusal::MissingTransport),
             Field::Malformed => return Err(Refusal::MalformedTransport),
-            Field::Present(PROTO_UDP) => {}
+            Field::Present(PROTO_UDP) => false,
+            Field::Present(PROTO_TCP) => true,
             Field::Present(_) => return Err(Refusal::UnsupportedTransport),
+        };
+        if tcp && !tuple.transport.is_stream() {
+            return Err(Refusal::TcpOverUdp);
+        }
+        if tcp
+            && (attrs.dont_fragment
+                || attrs.even_port.is_given()
+                || attrs.reservation_token.is_given()
+                || attrs.additional_family.is_given())
+        {
+            return Err(Refusal::TcpWithOthers);
         }
         let requested_family = attrs.requested_family;
         // A token claims a reserved port; it goes with nothing that picks one (§7.2).
@@ -187,6 +201,7 @@ impl<R: RelayIo> Engine<R> {
         let mut relays: [Option<Relay<R::Socket>>; 2] = [None, None];
         let mut family_error = None;
         let mut reserved = None;
+        let mut tcp_relay = None;
         let fail = |engine: &mut Self, e: Refusal| {
             engine.table.unreserve(id);
             engine.shared.quota.release(auth.username);
@@ -209,6 +224,22 @@ impl<R: RelayIo> Engine<R> {
                         bound: r.bound,
                         advertised: r.advertised,
                     })
+                }
+                Err(e) => return fail(self, e),
+            }
+        } else if tcp {
+            let i = usize::from(families[1] && !families[0]);
+            let token = RelayToken {
+                allocation: id,
+                family: i as u8,
+            };
+            match self.open_tcp_relay(tuple, i, token) {
+                Ok(relay) => {
+                    self.tcp_listeners.insert(id, relay.listener);
+                    tcp_relay = Some(super::allocation::TcpRelayed {
+                        bound: relay.bound,
+                        advertised: relay.advertised,
+                    });
                 }
                 Err(e) => return fail(self, e),
             }
@@ -252,8 +283,12 @@ impl<R: RelayIo> Engine<R> {
             self.shared.reservations.lock().insert(t, r);
             t
         });
-        let relayed = [0, 1].map(|i| relays[i].as_ref().map(|r| r.advertised));
+        let mut relayed = [0, 1].map(|i| relays[i].as_ref().map(|r| r.advertised));
+        if let Some(t) = tcp_relay {
+            relayed[family_index(t.advertised.ip())] = Some(t.advertised);
+        }
         let a = Allocation {
+            tcp: tcp_relay,
             tuple: *tuple,
             username: auth.username.into(),
             allocate_tid: tid,
@@ -301,20 +336,7 @@ impl<R: RelayIo> Engine<R> {
         reserve: bool,
         token: RelayToken,
     ) -> Result<(Relay<R::Socket>, Option<Reserved>), Refusal> {
-        let unsupported = Refusal::NoRelayFamily;
-        let bind_ip = *self
-            .config
-            .relay_addresses
-            .iter()
-            .find(|ip| family_index(**ip) == i)
-            .ok_or(unsupported)?;
-        let advertised_ip = match self.config.relay_external.iter().find(|ip| family_index(**ip) == i) {
-            Some(ip) => *ip,
-            None if !bind_ip.is_unspecified() => bind_ip,
-            // A wildcard relay advertises the address the request arrived on, if of this family.
-            None if family_index(tuple.server.ip()) == i && !tuple.server.ip().is_unspecified() => tuple.server.ip(),
-            None => return Err(unsupported),
-        };
+        let (bind_ip, advertised_ip) = self.relay_ips(tuple, i)?;
         if reserve && self.shared.reservations.len() >= self.config.max_allocations as usize {
             return Err(Refusal::ReservationsFull);
         }
@@ -365,6 +387,25 @@ impl<R: RelayIo> Engine<R> {
             }
         }
         Err(Refusal::PortsExhausted)
+    }
+
+    /// The relay address of family `i` to bind, and the one to advertise.
+    pub(super) fn relay_ips(&self, tuple: &FiveTuple, i: usize) -> Result<(IpAddr, IpAddr), Refusal> {
+        let unsupported = Refusal::NoRelayFamily;
+        let bind_ip = *self
+            .config
+            .relay_addresses
+            .iter()
+            .find(|ip| family_index(**ip) == i)
+            .ok_or(unsupported)?;
+        let advertised_ip = match self.config.relay_external.iter().find(|ip| family_index(**ip) == i) {
+            Some(ip) => *ip,
+            None if !bind_ip.is_unspecified() => bind_ip,
+            // A wildcard relay advertises the address the request arrived on, if of this family.
+            None if family_index(tuple.server.ip()) == i && !tuple.server.ip().is_unspecified() => tuple.server.ip(),
+            None => return Err(unsupported),
+        };
+        Ok((bind_ip, advertised_ip))
     }
 
     /// Binds one relay socket: `None` when the port is taken.

@@ -34,6 +34,13 @@ pub struct Relay<S> {
     pub advertised: SocketAddr,
 }
 
+/// Where a TCP allocation listens: the bound address and the one given to the client.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpRelayed {
+    pub bound: SocketAddr,
+    pub advertised: SocketAddr,
+}
+
 /// A channel binding.
 #[derive(Debug, Clone, Copy)]
 pub struct Channel {
@@ -59,8 +66,10 @@ pub struct Allocation<S> {
     pub tuple: FiveTuple,
     pub username: Box<str>,
     pub allocate_tid: TransactionId,
-    /// Index 0: the IPv4 relay; index 1: the IPv6 relay.
+    /// Index 0: the IPv4 relay; index 1: the IPv6 relay (UDP allocations).
     pub relays: [Option<Relay<S>>; 2],
+    /// A TCP allocation's relayed address (RFC 6062); its listener is in the engine.
+    pub tcp: Option<TcpRelayed>,
     pub created: Instant,
     pub expires: Instant,
     /// Peer IP → expiry. Permissions are per IP address, any port (RFC 8656 §9).
@@ -329,6 +338,7 @@ mod tests {
             },
             username: "u".into(),
             allocate_tid: TransactionId([0; 12]),
+            tcp: None,
             reservation_token: None,
             dont_fragment: false,
             relays: [None, None],

@@ -33,6 +33,13 @@ pub trait RelayIo {
     /// since the Allocate that claims it may land there; dropping it frees the port.
     type Held: Send + 'static;
 
+    /// The listening socket of a TCP allocation (RFC 6062); dropping it stops listening.
+    type Listener;
+
+    /// One peer data connection of a TCP allocation, connecting, up or joined with a client
+    /// data connection; dropping it closes the connection (and its client side).
+    type Stream;
+
     /// Binds a UDP socket to exactly `addr`. Datagrams it receives must be handed to
     /// [`super::Engine::handle_peer`] with `token`. An `AddrInUse` error makes the engine try
     /// another port.
@@ -44,6 +51,15 @@ pub trait RelayIo {
     /// Turns a held port (perhaps held by another shard) into a relay socket delivering to
     /// this engine under `token`.
     fn adopt(&mut self, held: Self::Held, token: RelayToken) -> io::Result<Self::Socket>;
+
+    /// Listens for TCP connections on exactly `addr` for a TCP allocation. Peers that
+    /// connect are handed to [`super::Engine::handle_peer_connection`] with `token`. An
+    /// `AddrInUse` error makes the engine try another port.
+    fn listen(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<Self::Listener>;
+
+    /// Starts a TCP connection from `from` (the allocation's relayed address) to `peer`.
+    /// The driver reports how it went with [`super::Engine::handle_connected`] and `id`.
+    fn connect(&mut self, from: SocketAddr, peer: SocketAddr, id: super::ConnectionId) -> io::Result<Self::Stream>;
 
     /// Sets the DF bit on every datagram `socket` sends from now on (RFC 8656 DONT-FRAGMENT).
     /// A platform that cannot returns `Unsupported`, and the engine answers 420.

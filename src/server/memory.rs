@@ -11,6 +11,12 @@ use super::io::{RelayIo, RelayToken};
 #[derive(Debug, Default)]
 struct State {
     open: HashSet<SocketAddr>,
+    /// TCP relay listeners (another port space than UDP).
+    listening: HashSet<SocketAddr>,
+    /// Connections started by [`RelayIo::connect`], for the test to complete.
+    connecting: Vec<(super::ConnectionId, SocketAddr, SocketAddr)>,
+    /// Peer connections open now.
+    streams: usize,
     dont_fragment: HashSet<SocketAddr>,
     binds: u64,
 }
@@ -69,15 +75,85 @@ impl MemoryRelay {
         lock(&self.state).dont_fragment.contains(&addr)
     }
 
+    /// TCP relay listeners open now.
+    pub fn listeners(&self) -> usize {
+        lock(&self.state).listening.len()
+    }
+
+    /// Peer connections open now.
+    pub fn streams(&self) -> usize {
+        lock(&self.state).streams
+    }
+
+    /// The connections started since the last call: (id, from, peer).
+    pub fn take_connecting(&self) -> Vec<(super::ConnectionId, SocketAddr, SocketAddr)> {
+        std::mem::take(&mut lock(&self.state).connecting)
+    }
+
+    /// A peer connection, as if a peer had connected (to hand to `handle_peer_connection`).
+    pub fn accepted(&self) -> MemoryStream {
+        lock(&self.state).streams += 1;
+        MemoryStream {
+            state: self.state.clone(),
+        }
+    }
+
     /// Successful binds so far.
     pub fn binds(&self) -> u64 {
         lock(&self.state).binds
     }
 }
 
+/// A pretend TCP relay listener; dropping it frees the address.
+#[derive(Debug)]
+pub struct MemoryListener {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl Drop for MemoryListener {
+    fn drop(&mut self) {
+        lock(&self.state).listening.remove(&self.addr);
+    }
+}
+
+/// A pretend peer connection; dropping it closes it.
+#[derive(Debug)]
+pub struct MemoryStream {
+    state: Arc<Mutex<State>>,
+}
+
+impl Drop for MemoryStream {
+    fn drop(&mut self) {
+        let mut s = lock(&self.state);
+        s.streams = s.streams.saturating_sub(1);
+    }
+}
+
 impl RelayIo for MemoryRelay {
     type Socket = MemorySocket;
     type Held = MemoryHeld;
+    type Listener = MemoryListener;
+    type Stream = MemoryStream;
+
+    fn listen(&mut self, addr: SocketAddr, _token: RelayToken) -> io::Result<MemoryListener> {
+        if !lock(&self.state).listening.insert(addr) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        Ok(MemoryListener {
+            addr,
+            state: self.state.clone(),
+        })
+    }
+
+    fn connect(&mut self, from: SocketAddr, peer: SocketAddr, id: super::ConnectionId) -> io::Result<MemoryStream> {
+        let mut s = lock(&self.state);
+        s.connecting.push((id, from, peer));
+        s.streams += 1;
+        Ok(MemoryStream {
+            state: self.state.clone(),
+        })
+    }
 
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<MemorySocket> {
         let mut s = lock(&self.state);

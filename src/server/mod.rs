@@ -24,12 +24,13 @@ pub mod policy;
 mod refusal;
 mod relay;
 pub mod stats;
+mod tcp_relay;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testclient;
 mod turn;
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -44,6 +45,7 @@ pub use limits::Quota;
 use limits::{Bucket, LogLimiter, SourceLimiter};
 pub use policy::PeerPolicy;
 pub use refusal::Refusal;
+pub use tcp_relay::{Connection, ConnectionId, State as ConnectionState, BIND_TIMEOUT};
 
 use crate::auth::{CredentialSource, Credentials, NonceKey};
 use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
@@ -85,6 +87,8 @@ pub struct EngineConfig {
     /// Relayed bytes per second for the whole server; 0 means no limit. Each shard enforces
     /// its share.
     pub bandwidth_total: u64,
+    /// Data connections one TCP allocation may have (RFC 6062); Connect beyond gets 486.
+    pub max_tcp_connections: u32,
     /// NAT behaviour discovery (RFC 5780): the four local addresses of each discovery
     /// listener. Empty, CHANGE-REQUEST, RESPONSE-PORT and PADDING get 420 as unknown.
     pub discovery: Vec<AddressQuad>,
@@ -109,6 +113,7 @@ impl Default for EngineConfig {
             unauthenticated_rate: 0,
             bandwidth_per_allocation: 0,
             bandwidth_total: 0,
+            max_tcp_connections: 32,
             discovery: Vec::new(),
         }
     }
@@ -166,6 +171,14 @@ pub enum Output<'a, S> {
         socket: &'a S,
         peer: SocketAddr,
         data: &'a [u8],
+    },
+    /// A ConnectionBind succeeded (RFC 6062): send the first `len` bytes of `out` on `tuple`,
+    /// a client data connection, then copy bytes unchanged between it and the peer
+    /// connection `connection` ([`Engine::connection`]).
+    Joined {
+        tuple: FiveTuple,
+        len: usize,
+        connection: ConnectionId,
     },
 }
 
@@ -242,6 +255,7 @@ const KNOWN_REQUIRED: &[AttrType] = &[
     AttrType::REQUESTED_TRANSPORT,
     AttrType::RESERVATION_TOKEN,
     AttrType::DONT_FRAGMENT,
+    AttrType::CONNECTION_ID,
     AttrType::PRIORITY,
     AttrType::USE_CANDIDATE,
 ];
@@ -263,6 +277,14 @@ pub struct Engine<R: RelayIo> {
     /// reservations themselves are in `Shared`, claimable from any shard.
     reservation_timers: BinaryHeap<Reverse<(Instant, [u8; 8])>>,
     log_limiter: LogLimiter,
+    /// TCP allocations' listeners, their data connections, and the deadlines of those not
+    /// yet bound (RFC 6062).
+    tcp_listeners: HashMap<AllocationId, R::Listener>,
+    connections: HashMap<ConnectionId, Connection<R::Stream>>,
+    conn_timers: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
+    connection_counter: u32,
+    /// This engine's shard, named in the high byte of its connection IDs.
+    shard_index: u32,
     /// Transaction IDs of Data indications: a random base and a counter (they need to be
     /// unique, not secret; no response ever refers to them).
     indication_tid: (u128, u64),
@@ -288,6 +310,11 @@ impl<R: RelayIo> Engine<R> {
             io,
             table: allocation::Table::default(),
             reservation_timers: BinaryHeap::new(),
+            tcp_listeners: HashMap::new(),
+            connections: HashMap::new(),
+            conn_timers: BinaryHeap::new(),
+            connection_counter: 0,
+            shard_index: 0,
             log_limiter: LogLimiter::new(),
             indication_tid: (base, 0),
             limiter: SourceLimiter::new(clock.at, keys),
@@ -299,9 +326,16 @@ impl<R: RelayIo> Engine<R> {
         }
     }
 
-    /// How many shards share `bandwidth_total` (set by the driver).
-    pub fn set_shards(&mut self, shards: u32) {
+    /// Which shard this engine is (`index`) and how many share `bandwidth_total` (set by
+    /// the driver).
+    pub fn set_shard(&mut self, index: u32, shards: u32) {
+        self.shard_index = index & 0xFF;
         self.shards = shards.max(1);
+    }
+
+    /// Every TCP relay data connection this engine holds.
+    pub fn connections(&self) -> impl Iterator<Item = (&ConnectionId, &Connection<R::Stream>)> {
+        self.connections.iter()
     }
 
     /// This engine's counters, which only its shard writes.
@@ -414,9 +448,12 @@ impl<R: RelayIo> Engine<R> {
                     Some(quad) => self.discovery_binding(&msg, tuple, quad, out),
                     None => self.binding(&msg, tuple, out),
                 },
-                Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND => {
-                    self.turn_request(now, tuple, &msg, out)
-                }
+                Method::ALLOCATE
+                | Method::REFRESH
+                | Method::CREATE_PERMISSION
+                | Method::CHANNEL_BIND
+                | Method::CONNECT
+                | Method::CONNECTION_BIND => self.turn_request(now, tuple, &msg, out),
                 _ => self.error(&msg, tuple, ErrorCode::BAD_REQUEST, &[], out),
             }
         };
@@ -488,13 +525,14 @@ impl<R: RelayIo> Engine<R> {
 
     /// The next moment [`Engine::handle_timeout`] has work to do.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        match (
+        [
             self.table.next_timeout(),
             self.reservation_timers.peek().map(|r| r.0 .0),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+            self.conn_timers.peek().map(|r| r.0 .0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Ports reserved by EVEN-PORT with R and not yet claimed, on every shard.
@@ -505,6 +543,7 @@ impl<R: RelayIo> Engine<R> {
     /// Expires allocations, permissions, channels and port reservations whose deadline is at
     /// or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_unbound(now);
         while let Some(&Reverse((deadline, token))) = self.reservation_timers.peek().filter(|r| r.0 .0 <= now) {
             self.reservation_timers.pop();
             // Claimed meanwhile (perhaps on another shard): nothing left to free.
@@ -525,6 +564,9 @@ impl<R: RelayIo> Engine<R> {
 
     fn end_allocation(&mut self, now: Instant, id: AllocationId, reason: EndReason) {
         let Some(a) = self.table.remove(id) else { return };
+        // A TCP allocation: its listener and every data connection close with it.
+        self.tcp_listeners.remove(&id);
+        self.drop_connections_of(id);
         let m = &self.stats;
         self.shared.quota.release(&a.username);
         let lived = now.saturating_duration_since(a.created);

@@ -38,8 +38,26 @@ refusals! {
     MissingTransport => BAD_REQUEST, "missing REQUESTED-TRANSPORT", None;
     /// REQUESTED-TRANSPORT of the wrong length.
     MalformedTransport => BAD_REQUEST, "malformed REQUESTED-TRANSPORT", None;
-    /// A transport other than UDP.
-    UnsupportedTransport => UNSUPPORTED_TRANSPORT_PROTOCOL, "only UDP relays are offered", None;
+    /// A transport other than UDP or TCP.
+    UnsupportedTransport => UNSUPPORTED_TRANSPORT_PROTOCOL, "only UDP and TCP relays are offered", None;
+    /// A TCP allocation asked over UDP (RFC 6062 §5.1).
+    TcpOverUdp => BAD_REQUEST, "a TCP allocation needs a TCP or TLS control connection", None;
+    /// A TCP allocation with DONT-FRAGMENT, EVEN-PORT, RESERVATION-TOKEN or two families.
+    TcpWithOthers => BAD_REQUEST, "TCP allocation with DONT-FRAGMENT, EVEN-PORT, RESERVATION-TOKEN or ADDITIONAL-ADDRESS-FAMILY", None;
+    /// Connect on a UDP allocation.
+    NotTcpAllocation => BAD_REQUEST, "Connect on an allocation that is not TCP", None;
+    /// Connect to a peer without a permission.
+    NoPermission => FORBIDDEN, "no permission for this peer", None;
+    /// Connect to a peer this allocation already has a connection with.
+    ConnectionExists => CONNECTION_ALREADY_EXISTS, "a connection to this peer already exists", None;
+    /// The connection to the peer could not be started.
+    ConnectionFailed => CONNECTION_TIMEOUT_OR_FAILURE, "connection to the peer failed", None;
+    /// `relay.max_tcp_connections` data connections already.
+    TcpConnectionQuota => ALLOCATION_QUOTA_REACHED, "too many TCP connections on this allocation", Some("relay.max_tcp_connections");
+    /// ConnectionBind over UDP, or on a connection that has an allocation.
+    BindNotHere => BAD_REQUEST, "ConnectionBind must come on a new TCP or TLS connection", None;
+    /// ConnectionBind with an unknown, already bound or missing CONNECTION-ID.
+    UnknownConnection => BAD_REQUEST, "unknown CONNECTION-ID", None;
     /// A request other than Allocate on a 5-tuple with no allocation.
     NoAllocation => ALLOCATION_MISMATCH, "no allocation on this 5-tuple", None;
     /// An Allocate on a 5-tuple that already has one (not a retransmission).

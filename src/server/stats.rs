@@ -115,7 +115,7 @@ label_enum! {
 
 label_enum! {
     /// TURN request methods (`turnd_turn_requests_total{method}`).
-    TurnMethod { allocate, refresh, create_permission, channel_bind }
+    TurnMethod { allocate, refresh, create_permission, channel_bind, connect, connection_bind }
 }
 
 label_enum! {
@@ -145,11 +145,13 @@ pub const LIFETIME_BUCKETS: [f64; 11] = [
 pub struct Stats {
     pub binding: [Count; 3],
     /// By method, then success (0) or error (1).
-    pub turn_requests: [[Count; 2]; 4],
+    pub turn_requests: [[Count; 2]; TurnMethod::COUNT],
     pub auth_failures: [Count; AuthFailure::COUNT],
     pub allocations_opened: [Count; 3],
     pub allocations_active: [Level; 3],
     pub permissions_active: Level,
+    /// TCP relay data connections (RFC 6062) up now, bound or waiting for ConnectionBind.
+    pub tcp_connections_active: Level,
     pub channels_active: Level,
     pub relay_packets: [Count; 2],
     pub relay_bytes: [Count; 2],

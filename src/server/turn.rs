@@ -26,6 +26,8 @@ pub(super) enum Outcome {
     Refreshed {
         lifetime: u32,
     },
+    /// ConnectionBind succeeded: this connection is joined with the peer's.
+    Joined(super::ConnectionId),
     Empty,
 }
 
@@ -34,6 +36,8 @@ pub(super) fn method_label(m: Method) -> TurnMethod {
         Method::ALLOCATE => TurnMethod::allocate,
         Method::REFRESH => TurnMethod::refresh,
         Method::CREATE_PERMISSION => TurnMethod::create_permission,
+        Method::CONNECT => TurnMethod::connect,
+        Method::CONNECTION_BIND => TurnMethod::connection_bind,
         _ => TurnMethod::channel_bind,
     }
 }
@@ -56,7 +60,7 @@ impl<R: RelayIo> Engine<R> {
         let has_allocation = self.table.id_for(tuple).is_some();
         let refusal = if msg.method() == Method::ALLOCATE && !attrs.requested_transport.is_given() && !has_allocation {
             Some(Refusal::MissingTransport)
-        } else if msg.method() != Method::ALLOCATE && !has_allocation {
+        } else if msg.method() != Method::ALLOCATE && msg.method() != Method::CONNECTION_BIND && !has_allocation {
             Some(Refusal::NoAllocation)
         } else {
             None
@@ -79,9 +83,22 @@ impl<R: RelayIo> Engine<R> {
             Method::ALLOCATE => self.allocate(now, tuple, msg.transaction_id(), &attrs, &auth),
             Method::REFRESH => self.refresh(now, tuple, &attrs, &auth),
             Method::CREATE_PERMISSION => self.create_permission(now, tuple, &attrs, &auth),
+            Method::CONNECT => {
+                match self.connect(now, tuple, msg.transaction_id(), msg.has_fingerprint(), &attrs, &auth) {
+                    // Answered when the connection is up or has failed (`handle_connected`).
+                    Ok(None) => return Output::None,
+                    Ok(Some(o)) => Ok(o),
+                    Err(e) => Err(e),
+                }
+            }
+            Method::CONNECTION_BIND => self.connection_bind(tuple, &attrs, &auth),
             _ => self.channel_bind(now, tuple, &attrs, &auth),
         };
         self.stats.turn_request(method, result.is_ok());
+        let joined = match result {
+            Ok(Outcome::Joined(cid)) => Some(cid),
+            _ => None,
+        };
         self.signed_reply = true;
         let key = Some(auth.key());
         let len = match result {
@@ -114,7 +131,7 @@ impl<R: RelayIo> Engine<R> {
                         w.xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client)
                     }
                     Outcome::Refreshed { lifetime } => w.attr_u32(AttrType::LIFETIME, lifetime),
-                    Outcome::Empty => Ok(()),
+                    Outcome::Joined(_) | Outcome::Empty => Ok(()),
                 })
             }
             Err(refusal) => {
@@ -123,7 +140,15 @@ impl<R: RelayIo> Engine<R> {
                 self.respond(msg, typ, out, key, |w| w.error_code(refusal.code()))
             }
         };
-        len.map_or(Output::None, |len| Output::ToClient { tuple: *tuple, len })
+        match (len, joined) {
+            (Some(len), Some(connection)) => Output::Joined {
+                tuple: *tuple,
+                len,
+                connection,
+            },
+            (Some(len), None) => Output::ToClient { tuple: *tuple, len },
+            (None, _) => Output::None,
+        }
     }
 
     /// Logs a refusal (rate-limited), naming the setting that would change it, if any.
@@ -174,7 +199,8 @@ impl<R: RelayIo> Engine<R> {
     fn check_peer(&self, id: AllocationId, peer: SocketAddr) -> Result<SocketAddr, Refusal> {
         let a = self.table.get(id).ok_or(Refusal::NoAllocation)?;
         let ip = policy::canonical(peer.ip());
-        if a.relays[family_index(ip)].is_none() {
+        let tcp_family = a.tcp.is_some_and(|t| family_index(t.bound.ip()) == family_index(ip));
+        if a.relays[family_index(ip)].is_none() && !tcp_family {
             return Err(Refusal::PeerFamily);
         }
         if !self.config.peers.permits(ip) {
