@@ -58,6 +58,19 @@ pub fn sessions(config: &Config, user: Option<&str>) -> ExitCode {
             s.to_peer_bytes,
             s.to_client_bytes
         );
+        // A TCP allocation's data connections, each under its allocation.
+        for c in &s.connections {
+            println!(
+                "{:<24} {:<26} {:<5} {:<40} {:>8} {:>14} {:>14}",
+                "  tcp connection",
+                c.peer.to_string(),
+                "",
+                c.state,
+                "",
+                c.to_peer_bytes,
+                c.to_client_bytes
+            );
+        }
     }
     eprintln!("{} allocation(s)", list.len());
     ExitCode::SUCCESS

@@ -64,6 +64,11 @@ impl RelayIo for NetRelay {
         super::tcp_relay::connect(&self.shard, from, peer, id)
     }
 
+    fn stream_bytes(stream: &Self::Stream) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (stream.0.to_peer.load(Relaxed), stream.0.to_client.load(Relaxed))
+    }
+
     fn bind(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<RelaySocket> {
         let sock = super::socket::bind_relay(addr)?;
         self.adopt(sock, token)

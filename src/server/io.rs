@@ -61,6 +61,11 @@ pub trait RelayIo {
     /// The driver reports how it went with [`super::Engine::handle_connected`] and `id`.
     fn connect(&mut self, from: SocketAddr, peer: SocketAddr, id: super::ConnectionId) -> io::Result<Self::Stream>;
 
+    /// Bytes a peer connection carried so far: (to the peer, to the client).
+    fn stream_bytes(_stream: &Self::Stream) -> (u64, u64) {
+        (0, 0)
+    }
+
     /// Sets the DF bit on every datagram `socket` sends from now on (RFC 8656 DONT-FRAGMENT).
     /// A platform that cannot returns `Unsupported`, and the engine answers 420.
     fn set_dont_fragment(&mut self, socket: &Self::Socket) -> io::Result<()>;

@@ -563,10 +563,11 @@ impl<R: RelayIo> Engine<R> {
     }
 
     fn end_allocation(&mut self, now: Instant, id: AllocationId, reason: EndReason) {
-        let Some(a) = self.table.remove(id) else { return };
-        // A TCP allocation: its listener and every data connection close with it.
+        // A TCP allocation: its listener and every data connection close with it (first, so
+        // that what they carried is in the allocation's totals).
         self.tcp_listeners.remove(&id);
         self.drop_connections_of(id);
+        let Some(a) = self.table.remove(id) else { return };
         let m = &self.stats;
         self.shared.quota.release(&a.username);
         let lived = now.saturating_duration_since(a.created);

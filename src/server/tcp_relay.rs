@@ -328,6 +328,13 @@ impl<R: RelayIo> Engine<R> {
             if !matches!(c.state, State::Connecting) {
                 self.stats.tcp_connections_active.add(-1);
             }
+            // The allocation's totals (its log line, `turnd sessions`) include what the
+            // connection carried.
+            let (to_peer, to_client) = R::stream_bytes(&c.stream);
+            if let Some(a) = self.table.get_mut(c.allocation) {
+                a.traffic.to_peer_bytes += to_peer;
+                a.traffic.to_client_bytes += to_client;
+            }
         }
     }
 
