@@ -1580,3 +1580,193 @@ fn a_port_reserved_on_one_shard_is_claimed_on_another() {
     a.at(Duration::from_secs(31));
     assert_eq!((a.relay.open_sockets(), a.engine.reserved_ports()), (2, 0));
 }
+
+fn tcp(port: u16) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Tcp,
+        ..tuple(port)
+    }
+}
+
+fn tcp_allocate(c: &mut TestClient) -> impl FnMut(&mut TestClient) -> Vec<u8> {
+    let _ = c;
+    |c: &mut TestClient| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        })
+    }
+}
+
+fn connect_to(peer: SocketAddr) -> impl FnMut(&mut TestClient) -> Vec<u8> {
+    move |c: &mut TestClient| {
+        c.request(Method::CONNECT, |w| {
+            let _ = w.xor_address(AttrType::XOR_PEER_ADDRESS, peer);
+        })
+    }
+}
+
+fn bind(id: u32) -> impl FnMut(&mut TestClient) -> Vec<u8> {
+    move |c: &mut TestClient| {
+        c.request(Method::CONNECTION_BIND, |w| {
+            let _ = w.attr_u32(AttrType::CONNECTION_ID, id);
+        })
+    }
+}
+
+/// The CONNECTION-ID in a message.
+fn connection_id(bytes: &[u8]) -> Option<u32> {
+    let m = Message::parse(bytes).ok()?;
+    let v = m.get(AttrType::CONNECTION_ID)?.value;
+    Some(u32::from_be_bytes(v.try_into().ok()?))
+}
+
+#[test]
+fn tcp_allocations_follow_rfc_6062_section_5_1() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    // Over UDP: 400. With EVEN-PORT or DONT-FRAGMENT: 400.
+    let mut over_udp = tcp_allocate(&mut c);
+    assert_eq!(w.ask(&mut c, &tuple(5000), &mut over_udp).error, Some(400));
+    for extra in [AttrType::EVEN_PORT, AttrType::DONT_FRAGMENT] {
+        let r = w.ask(&mut c, &tcp(5000), |c| {
+            c.request(Method::ALLOCATE, |w| {
+                let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+                let _ = w.attr(extra, if extra == AttrType::EVEN_PORT { &[0][..] } else { &[] });
+            })
+        });
+        assert_eq!(r.error, Some(400), "{extra:?}");
+    }
+    let r = w.ask(&mut c, &tcp(5000), tcp_allocate(&mut alice()));
+    success(&r);
+    assert_eq!(r.relayed.len(), 1);
+    assert_eq!(
+        (w.relay.listeners(), w.relay.open_sockets()),
+        (1, 0),
+        "a listener, no UDP socket"
+    );
+    // Connect on a UDP allocation: 400.
+    let mut u = alice();
+    success(&w.allocate(&mut u, &tuple(5001)));
+    assert_eq!(w.ask(&mut u, &tuple(5001), connect_to(peer(1))).error, Some(400));
+}
+
+#[test]
+fn connect_answers_when_the_connection_is_up_and_connection_bind_joins_it() {
+    let mut w = World::new(EngineConfig {
+        max_tcp_connections: 2,
+        ..config()
+    });
+    let mut c = alice();
+    let control = tcp(5000);
+    let relayed = w.ask(&mut c, &control, tcp_allocate(&mut alice())).relayed[0];
+    // No permission yet: 403.
+    assert_eq!(w.ask(&mut c, &control, connect_to(peer(7))).error, Some(403));
+    success(&w.ask(&mut c, &control, |c| c.create_permission(&[peer(7)])));
+    // The answer waits for the connection.
+    let req = connect_to(peer(7))(&mut c);
+    assert!(matches!(w.send(&control, &req), Sent::None));
+    let started = w.relay.take_connecting();
+    assert_eq!(started.len(), 1);
+    let (id, from, to) = started[0];
+    assert_eq!((from, to), (relayed, peer(7)), "from the relayed address, to the peer");
+    // A second Connect to the same peer: 446.
+    assert_eq!(w.ask(&mut c, &control, connect_to(peer(7))).error, Some(446));
+    let mut out = vec![0u8; 512];
+    let Output::ToClient { tuple: to, len } = w.engine.handle_connected(w.now, id, true, &mut out) else {
+        panic!("no answer to the Connect")
+    };
+    assert_eq!(to, control);
+    let answer = c.read(&out[..len]);
+    success(&answer);
+    assert_eq!(connection_id(&out[..len]), Some(id.0));
+    assert_eq!(
+        answer.transaction_id,
+        Message::parse(&req).ok().map(|m| m.transaction_id())
+    );
+    assert_eq!(w.metrics.level(|s| &s.tcp_connections_active), 1);
+
+    // A connection that fails: 447.
+    let req = connect_to(peer(8))(&mut c);
+    let _ = w.send(&control, &req);
+    let (failing, _, _) = w.relay.take_connecting()[0];
+    let Output::ToClient { len, .. } = w.engine.handle_connected(w.now, failing, false, &mut out) else {
+        panic!("no 447")
+    };
+    assert_eq!(c.read(&out[..len]).error, Some(447));
+    // The cap: two connections (the failed one is gone), then 486.
+    let _ = w.send(&control, &connect_to(peer(9))(&mut c));
+    assert_eq!(w.relay.take_connecting().len(), 1);
+    assert_eq!(w.ask(&mut c, &control, connect_to(peer(10))).error, Some(486));
+
+    // ConnectionBind: over UDP 400, unknown ID 400, another user 441, then joined once.
+    let mut data = alice();
+    assert_eq!(w.ask(&mut data, &tuple(6000), bind(id.0)).error, Some(400));
+    assert_eq!(w.ask(&mut data, &tcp(6000), bind(12345)).error, Some(400));
+    let mut bob = TestClient::new("bob", REALM, "builder");
+    assert_eq!(w.ask(&mut bob, &tcp(6001), bind(id.0)).error, Some(441));
+    let first = data.request(Method::CONNECTION_BIND, |w| {
+        let _ = w.attr_u32(AttrType::CONNECTION_ID, id.0);
+    });
+    let Sent::Joined(bytes, joined) = w.send(&tcp(6000), &first) else {
+        panic!("ConnectionBind did not join")
+    };
+    success(&data.read(&bytes));
+    assert_eq!(joined, id);
+    assert_eq!(
+        w.ask(&mut alice(), &tcp(6002), bind(id.0)).error,
+        Some(400),
+        "bound once"
+    );
+    // The allocation ends: its listener and every connection close.
+    assert_eq!(w.relay.streams(), 2);
+    w.engine.handle_client_closed(w.now, &control);
+    assert_eq!((w.relay.listeners(), w.relay.streams()), (0, 0));
+    assert_eq!(w.metrics.level(|s| &s.tcp_connections_active), 0);
+}
+
+#[test]
+fn a_permitted_peer_is_announced_and_closed_if_not_bound_within_30_s() {
+    let mut w = World::new(config());
+    let mut c = alice();
+    let control = tcp(5000);
+    success(&w.ask(&mut c, &control, tcp_allocate(&mut alice())));
+    let relay_token = w.relay.listener_token().expect("the TCP allocation listens");
+    let mut out = vec![0u8; 512];
+    // Without a permission the peer is turned away (its connection dropped).
+    let stream = w.relay.accepted();
+    assert!(matches!(
+        w.engine
+            .handle_peer_connection(w.now, relay_token, peer(3), stream, &mut out),
+        Output::None
+    ));
+    assert_eq!(w.relay.streams(), 0);
+    success(&w.ask(&mut c, &control, |c| c.create_permission(&[peer(3)])));
+    let stream = w.relay.accepted();
+    let Output::ToClient { tuple, len } =
+        w.engine
+            .handle_peer_connection(w.now, relay_token, peer(3), stream, &mut out)
+    else {
+        panic!("no ConnectionAttempt")
+    };
+    assert_eq!(tuple, control);
+    let m = Message::parse(&out[..len]).unwrap();
+    assert_eq!((m.method(), m.class()), (Method::CONNECTION_ATTEMPT, Class::Indication));
+    assert!(connection_id(&out[..len]).is_some());
+    let tid = m.transaction_id();
+    let announced = m
+        .get(AttrType::XOR_PEER_ADDRESS)
+        .map(|a| turnd::proto::attr::decode_xor_address(a.value, &tid).unwrap());
+    assert_eq!(announced, Some(peer(3)));
+    assert_eq!(
+        (w.relay.streams(), w.metrics.level(|s| &s.tcp_connections_active)),
+        (1, 1)
+    );
+    // Nobody binds it: closed at 30 s, on the engine's timer.
+    w.run_until(Duration::from_secs(29));
+    assert_eq!(w.relay.streams(), 1);
+    w.run_until(Duration::from_secs(31));
+    assert_eq!(
+        (w.relay.streams(), w.metrics.level(|s| &s.tcp_connections_active)),
+        (0, 0)
+    );
+}

@@ -17,6 +17,8 @@ struct State {
     connecting: Vec<(super::ConnectionId, SocketAddr, SocketAddr)>,
     /// Peer connections open now.
     streams: usize,
+    /// The token of the last listener opened.
+    listener_token: Option<RelayToken>,
     dont_fragment: HashSet<SocketAddr>,
     binds: u64,
 }
@@ -80,6 +82,11 @@ impl MemoryRelay {
         lock(&self.state).listening.len()
     }
 
+    /// The token peers that connect to the last listener opened arrive with.
+    pub fn listener_token(&self) -> Option<RelayToken> {
+        lock(&self.state).listener_token
+    }
+
     /// Peer connections open now.
     pub fn streams(&self) -> usize {
         lock(&self.state).streams
@@ -136,10 +143,13 @@ impl RelayIo for MemoryRelay {
     type Listener = MemoryListener;
     type Stream = MemoryStream;
 
-    fn listen(&mut self, addr: SocketAddr, _token: RelayToken) -> io::Result<MemoryListener> {
-        if !lock(&self.state).listening.insert(addr) {
+    fn listen(&mut self, addr: SocketAddr, token: RelayToken) -> io::Result<MemoryListener> {
+        let mut s = lock(&self.state);
+        if !s.listening.insert(addr) {
             return Err(io::ErrorKind::AddrInUse.into());
         }
+        s.listener_token = Some(token);
+        drop(s);
         Ok(MemoryListener {
             addr,
             state: self.state.clone(),
