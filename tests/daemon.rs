@@ -159,8 +159,9 @@ fn coturn_uclient_relays_over_tls_with_no_loss() {
     let port = tls_addr(&t).port().to_string();
     // The client's leg to turnd is TLS, so reliable; the peer's legs are UDP on loopback,
     // where a machine starved of CPU may drop datagrams before turnd ever sees them. One run
-    // may be repeated, and only when turnd itself lost nothing: it relayed all 120 messages
-    // to the peer and dropped nothing.
+    // may be repeated, and only when turnd itself lost nothing: it relayed all 160 messages
+    // to the peer and dropped nothing. Three clients ask for RTP/RTCP pairs: four sessions
+    // of 40 messages.
     let mut last = String::new();
     for attempt in 0..2 {
         let before = scrape(t.http.unwrap());
@@ -175,7 +176,7 @@ fn coturn_uclient_relays_over_tls_with_no_loss() {
                 "a handshake failed: {line}\n{text}"
             );
         }
-        if text.contains("tot_send_msgs=120, tot_recv_msgs=120") && text.contains("Total lost packets 0 (0.000000%)") {
+        if text.contains("tot_send_msgs=160, tot_recv_msgs=160") && text.contains("Total lost packets 0 (0.000000%)") {
             return;
         }
         let after = scrape(t.http.unwrap());
@@ -183,8 +184,8 @@ fn coturn_uclient_relays_over_tls_with_no_loss() {
         let to_peer = delta("turnd_relay_packets_total{direction=\"client_to_peer\"}");
         let dropped = delta("turnd_dropped_packets_total");
         assert!(
-            attempt == 0 && to_peer == 120 && dropped == 0,
-            "turnd relayed {to_peer} of 120 to the peer and dropped {dropped}:\n{text}"
+            attempt == 0 && to_peer == 160 && dropped == 0,
+            "turnd relayed {to_peer} of 160 to the peer and dropped {dropped}:\n{text}"
         );
         eprintln!("the UDP legs to the peer lost datagrams outside turnd; once more:\n{text}");
         last = text;
