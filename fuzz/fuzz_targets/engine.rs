@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         let t = tuples[i];
         let c = &mut clients[i];
         let peer = peers[usize::from((arg >> 2) & 1)];
-        let packet: Vec<u8> = match op % 15 {
+        let packet: Vec<u8> = match op % 19 {
             0 => c.allocate(),
             1 => c.refresh(u32::from(arg >> 3) * 60),
             2 => c.create_permission(&[peer]),
@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
                     match engine.handle_peer(now, token, peer, &[arg; 4], &mut out) {
                         Output::ToClient { len, .. } => assert!(len <= out.len()),
                         Output::None => {}
-                        Output::ToPeer { .. } => panic!("a peer's datagram went to a peer"),
+                        Output::ToPeer { .. } | Output::Joined { .. } => panic!("a peer's datagram went to a peer"),
                     }
                 }
                 Vec::new()
@@ -139,6 +139,41 @@ fuzz_target!(|data: &[u8]| {
                     }
                 })
             }
+            13 => {
+                // A TCP allocation (refused over UDP), then Connect to a peer.
+                c.request(turnd::proto::Method::ALLOCATE, |w| {
+                    let _ = w.attr(turnd::proto::AttrType::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+                })
+            }
+            14 => c.request(turnd::proto::Method::CONNECT, |w| {
+                let _ = w.xor_address(turnd::proto::AttrType::XOR_PEER_ADDRESS, peer);
+            }),
+            15 => {
+                // Connections the engine started come up or fail.
+                for (id, _, _) in relay.take_connecting() {
+                    let _ = engine.handle_connected(now, id, arg & 1 == 0, &mut out);
+                }
+                // A peer connects to the last TCP listener.
+                if let Some(token) = relay.listener_token() {
+                    let _ = engine.handle_peer_connection(now, token, peer, relay.accepted(), &mut out);
+                }
+                Vec::new()
+            }
+            16 => {
+                // ConnectionBind (on another client's 5-tuple) for a connection the engine has.
+                let id = engine.connections().map(|(id, _)| id.0).nth(usize::from(arg >> 4)).unwrap_or(u32::from(arg));
+                c.request(turnd::proto::Method::CONNECTION_BIND, |w| {
+                    let _ = w.attr_u32(turnd::proto::AttrType::CONNECTION_ID, id);
+                })
+            }
+            17 => {
+                // A joined data connection ends.
+                let id = engine.connections().map(|(id, _)| *id).nth(usize::from(arg));
+                if let Some(id) = id {
+                    engine.handle_connection_closed(id);
+                }
+                Vec::new()
+            }
             _ => {
                 // Raw bytes from the input.
                 let n = usize::from(arg).min(rest.len());
@@ -169,6 +204,7 @@ fuzz_target!(|data: &[u8]| {
                     c.read(&out[..n]);
                 }
                 Output::ToPeer { data, .. } => assert!(data.len() <= packet.len()),
+                Output::Joined { tuple, .. } => assert_eq!(tuple, t, "joined another connection"),
                 Output::None => {}
             }
         }
@@ -183,6 +219,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(active as usize, allocations);
         let perms: usize = engine.allocations().map(|a| a.permissions.len()).sum();
         assert_eq!(metrics.level(|s| &s.permissions_active) as usize, perms);
+        // Every open peer connection is one the engine holds, and counted once it is up.
+        let held = engine.connections().count();
+        let up = engine
+            .connections()
+            .filter(|(_, c)| !matches!(c.state, turnd::server::ConnectionState::Connecting))
+            .count();
+        assert_eq!(relay.streams(), held, "a peer connection leaked");
+        assert_eq!(metrics.level(|s| &s.tcp_connections_active) as usize, up);
     }
     // When time runs out, everything is released.
     now += Duration::from_secs(4 * 3600);
@@ -190,6 +234,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(engine.allocation_count(), 0);
     assert_eq!(relay.open_sockets(), 0);
     assert_eq!(engine.reserved_ports(), 0);
+    assert_eq!((relay.streams(), relay.listeners()), (0, 0), "TCP relay sockets left");
     assert_eq!(shared.quota.total(), 0);
     assert_eq!(metrics.level(|s| &s.permissions_active), 0);
     assert_eq!(metrics.level(|s| &s.channels_active), 0);
