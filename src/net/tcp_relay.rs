@@ -33,6 +33,8 @@ pub struct PeerConn {
     socket: Mutex<Option<std::net::TcpStream>>,
     closed: AtomicBool,
     close: Notify,
+    /// Paces the copying to `bandwidth_per_allocation` (both directions together).
+    bucket: Mutex<crate::server::Bucket>,
     pub to_peer: AtomicU64,
     pub to_client: AtomicU64,
 }
@@ -178,6 +180,18 @@ async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if n == 0 {
             // RFC 6062 §5.5: a FIN from one side is passed on; the other direction goes on.
             return to.shutdown().await;
+        }
+        // Over a bandwidth cap the bytes wait (and, with nothing more read meanwhile, the
+        // sender is slowed by TCP itself) instead of being dropped.
+        let wait = {
+            let mut bucket = conn.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            shard
+                .engine
+                .try_borrow_mut()
+                .map_or(Duration::ZERO, |mut e| e.pace_tcp(Instant::now(), n, &mut bucket))
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         to.write_all(buf.get(..n).unwrap_or_default()).await?;
         count(shard, conn, direction, n);

@@ -4,22 +4,52 @@
 
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Refusal;
 
 /// A token bucket of bytes: `rate` per second, holding up to one second's worth.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Bucket {
+pub struct Bucket {
     tokens: f64,
     last: Option<Instant>,
 }
 
+impl Default for Bucket {
+    fn default() -> Self {
+        Bucket::new()
+    }
+}
+
 impl Bucket {
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Bucket {
             tokens: f64::MAX,
             last: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant, cap: f64) {
+        let refill = self
+            .last
+            .map_or(cap, |l| now.saturating_duration_since(l).as_secs_f64() * cap);
+        self.tokens = (self.tokens.min(cap) + refill).min(cap);
+        self.last = Some(now);
+    }
+
+    /// For byte streams, which wait instead of dropping: takes `n` tokens even into debt,
+    /// and returns how long until the debt is paid (zero when there was room).
+    pub fn take_or_wait(&mut self, now: Instant, rate: u64, n: usize) -> Duration {
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let cap = rate as f64;
+        self.refill(now, cap);
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / cap)
         }
     }
 
@@ -29,11 +59,7 @@ impl Bucket {
             return true;
         }
         let cap = rate as f64;
-        let refill = self
-            .last
-            .map_or(cap, |l| now.saturating_duration_since(l).as_secs_f64() * cap);
-        self.tokens = (self.tokens.min(cap) + refill).min(cap);
-        self.last = Some(now);
+        self.refill(now, cap);
         if self.tokens >= n as f64 {
             self.tokens -= n as f64;
             true
@@ -189,7 +215,20 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn a_stream_waits_out_its_debt_instead_of_dropping() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new();
+        // 1000 bytes a second: the first second's worth passes at once.
+        assert_eq!(b.take_or_wait(t0, 1000, 1000), Duration::ZERO);
+        // 500 more: half a second of debt.
+        assert_eq!(b.take_or_wait(t0, 1000, 500), Duration::from_millis(500));
+        // Half a second later the debt is paid; 250 more wait a quarter second.
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(b.take_or_wait(later, 1000, 250), Duration::from_millis(250));
+        assert_eq!(b.take_or_wait(later, 0, 1 << 30), Duration::ZERO, "rate 0: no limit");
+    }
 
     #[test]
     fn a_bucket_holds_one_second_and_refills_with_time() {

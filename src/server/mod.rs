@@ -42,7 +42,8 @@ pub use crate::types::{AddressQuad, FiveTuple, PortRange, Transport, DEFAULT_LIF
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 pub use io::{AllocationId, RelayIo, RelayToken};
 pub use limits::Quota;
-use limits::{Bucket, LogLimiter, SourceLimiter};
+pub use limits::Bucket;
+use limits::{LogLimiter, SourceLimiter};
 pub use policy::PeerPolicy;
 pub use refusal::Refusal;
 pub use tcp_relay::{Connection, ConnectionId, State as ConnectionState, BIND_TIMEOUT};

@@ -318,6 +318,15 @@ impl<R: RelayIo> Engine<R> {
         self.connections.values().filter(move |c| Some(c.allocation) == id)
     }
 
+    /// How long a TCP relay data connection waits before passing on `n` more bytes:
+    /// `bandwidth_per_allocation` applies to each data connection (its own `bucket`), and
+    /// the shard's share of `bandwidth_total` to all of them.
+    pub fn pace_tcp(&mut self, now: Instant, n: usize, bucket: &mut super::Bucket) -> Duration {
+        let own = bucket.take_or_wait(now, self.config.bandwidth_per_allocation, n);
+        let total = self.config.bandwidth_total / u64::from(self.shards.max(1));
+        own.max(self.shard_bandwidth.take_or_wait(now, total, n))
+    }
+
     /// A data connection pair ended (either side closed, or an error); its handle goes.
     pub fn handle_connection_closed(&mut self, cid: ConnectionId) {
         self.drop_connection(cid);
