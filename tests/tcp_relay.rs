@@ -84,29 +84,46 @@ fn tcp_relay_config(threads: u32) -> String {
 fn coturn_client_relays_over_tcp_to_an_echo_peer_and_frees_everything() {
     let t = Turnd::start(&tcp_relay_config(2));
     let peer = echo_peer();
-    let baseline = open_fds(t.pid());
     let (port, peer_port) = (t.tcp[0].port().to_string(), peer.port().to_string());
-    let totals = uclient(&[
-        "-t",
-        "-T",
-        "-e",
-        "127.0.0.1",
-        "-r",
-        &peer_port,
-        "-p",
-        &port,
-        "-n",
-        "40",
-        "-m",
-        "1",
-        "-l",
-        "400",
-        "-u",
-        "alice",
-        "-w",
-        "wonderland",
-        "127.0.0.1",
-    ]);
+    let run = || {
+        uclient(&[
+            "-t",
+            "-T",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port,
+            "-p",
+            &port,
+            "-n",
+            "40",
+            "-m",
+            "1",
+            "-l",
+            "400",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "127.0.0.1",
+        ])
+    };
+    // A first run, then the count of descriptors once the shards have settled (their
+    // runtimes open theirs as they start).
+    let _ = run();
+    let settled = || {
+        let mut last = open_fds(t.pid());
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = open_fds(t.pid());
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let baseline = settled();
+    let totals = run();
     let expected = 40 * totals.sessions;
     assert!(expected > 0, "{}", totals.text);
     assert_eq!(
