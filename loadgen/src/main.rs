@@ -15,6 +15,8 @@
 //! - `responder`: a minimal batched Binding responder (no other logic): the ceiling. It sends
 //!   with turnd's own queue (sendmmsg, UDP GSO for answers to one client in one batch), so
 //!   that the ceiling has every sending technique turnd has; `--no-gso` turns GSO off.
+//! - `tcprelay`: MB/s through `--sockets` TCP relays (RFC 6062) at once, client to peer
+//!   (see `tcprelay.rs`); `--server` is the server's TCP address.
 //! - `relay`: a minimal TURN relay (one socket per allocation, batched I/O, no checks): the
 //!   ceiling for `channel` and `send` (see `relay.rs`).
 //!
@@ -22,6 +24,7 @@
 
 mod relay;
 mod sys;
+mod tcprelay;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -45,6 +48,7 @@ enum Mode {
     Hold,
     Responder,
     Relay,
+    Tcprelay,
 }
 
 #[derive(Parser, Debug)]
@@ -118,6 +122,30 @@ fn main() {
         Mode::Alloc | Mode::Hold => run_alloc(&args),
         Mode::Responder => responder(args.listen, !args.no_gso),
         Mode::Relay => relay::relayer(args.listen, !args.no_gso),
+        Mode::Tcprelay => {
+            let n = args.sockets.unwrap_or(1);
+            check_loopback(args.server).and_then(|()| {
+                tcprelay::run(
+                    args.server,
+                    n,
+                    args.warmup,
+                    args.duration,
+                    &args.user,
+                    &args.password,
+                    &args.realm,
+                )
+                .map(|(mbps, n)| {
+                    println!(
+                        "{}: {mbps:.1} MB/s through {n} TCP relay(s), client to peer",
+                        args.label
+                    );
+                    println!(
+                        "RESULT {{\"mode\":\"tcprelay\",\"label\":\"{}\",\"connections\":{n},\"mb_per_s\":{mbps:.2}}}",
+                        args.label
+                    );
+                })
+            })
+        }
     };
     if let Err(e) = r {
         eprintln!("turnd-load: {e}");

@@ -77,7 +77,7 @@ fn start_turnd(dir: &std::path::Path) -> (Server, SocketAddr) {
 realm = "bench"
 [[listen]]
 address = "{addr}"
-protocols = ["udp"]
+protocols = ["udp", "tcp"]
 [relay]
 addresses = ["127.0.0.1"]
 max_allocations_per_user = 1000
@@ -166,6 +166,11 @@ fn every_mode_measures_turnd() {
     assert!(h["rss_held_kib"].as_u64() > h["rss_before_kib"].as_u64(), "{h}");
     assert!(h["bytes_per_allocation"].as_f64().unwrap_or(0.0) > 0.0, "{h}");
     assert_eq!(h["errors"], 0, "{h}");
+
+    // Bytes flow through TCP relays (RFC 6062).
+    let t = run(addr, &[&["tcprelay", "--sockets", "3"][..], &SHORT[..]].concat());
+    assert_eq!(t["connections"], 3, "{t}");
+    assert!(t["mb_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{t}");
 
     // An open-loop run sends at the rate asked for.
     let o = run(
