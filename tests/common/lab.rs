@@ -98,6 +98,20 @@ impl Ns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `f` on a thread inside this namespace: sockets it opens live here.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).expect("the namespace's file");
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns (needs root)");
+                f()
+            })
+            .join()
+            .expect("the thread in the namespace panicked")
+        })
+    }
+
     /// A command that runs `program` inside.
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
