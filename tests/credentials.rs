@@ -58,7 +58,13 @@ impl Udp {
         for attempt in 0..2 {
             self.sock.send_to(&build(c), self.server).unwrap();
             let mut buf = [0u8; 2048];
-            let n = self.sock.recv(&mut buf).unwrap();
+            // A socket with a read timeout is never restarted after a signal (EINTR).
+            let n = loop {
+                match self.sock.recv(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r.unwrap(),
+                }
+            };
             let r = c.read(&buf[..n]);
             if !(attempt == 0 && first && r.error == Some(401)) {
                 return r;
