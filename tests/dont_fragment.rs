@@ -28,7 +28,11 @@ password = "secret"
 allow = ["198.18.0.0/15"]
 "#;
 
-fn ask(sock: &UdpSocket, c: &mut TestClient, build: impl Fn(&mut TestClient) -> Vec<u8>) -> turnd::server::testclient::Response {
+fn ask(
+    sock: &UdpSocket,
+    c: &mut TestClient,
+    build: impl Fn(&mut TestClient) -> Vec<u8>,
+) -> turnd::server::testclient::Response {
     let mut buf = [0u8; 1500];
     for _ in 0..2 {
         sock.send(&build(c)).unwrap();
@@ -79,7 +83,10 @@ fn dont_fragment_keeps_an_oversized_datagram_whole_or_not_at_all() {
         let mut buf = [0u8; 2048];
         let got = peer.recv_from(&mut buf);
         if df {
-            assert!(got.is_err(), "a 1400-byte datagram with DF crossed a 1280-byte link: {got:?}");
+            assert!(
+                got.is_err(),
+                "a 1400-byte datagram with DF crossed a 1280-byte link: {got:?}"
+            );
         } else {
             let (n, from) = got.expect("the fragmented datagram, reassembled");
             assert_eq!((n, from), (1400, relayed[0]));
