@@ -608,3 +608,61 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(level <= 2.5, "exposure {level}");
 }
+
+/// Sends a request over TLS (again after a 401 or 438) and returns the answer's bytes.
+fn tls_ask_bytes(s: &mut Tls, c: &mut TestClient, build: impl Fn(&mut TestClient) -> Vec<u8>) -> Vec<u8> {
+    for _ in 0..3 {
+        s.write_all(&build(c)).unwrap();
+        let answer = read_frame(s);
+        if !matches!(c.read(&answer).error, Some(401 | 438)) {
+            return answer;
+        }
+    }
+    panic!("still challenged")
+}
+
+#[test]
+fn tcp_relays_work_over_tls_control_and_data_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path());
+    let t = Turnd::start_in(&tls_config(dir.path(), "threads = 2"), dir);
+    let server = tls_addr(&t);
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let (mut control, _) = tls_connect(server);
+    let mut c = TestClient::new("alice", "test.turnd", "wonderland");
+    let answer = tls_ask_bytes(&mut control, &mut c, |c| {
+        c.request(turnd::proto::Method::ALLOCATE, |w| {
+            let _ = w.attr(turnd::proto::AttrType::REQUESTED_TRANSPORT, &[6, 0, 0, 0]);
+        })
+    });
+    assert_eq!(c.read(&answer).error, None, "TCP Allocate over TLS");
+    let answer = tls_ask_bytes(&mut control, &mut c, |c| c.create_permission(&[peer_addr]));
+    assert_eq!(c.read(&answer).error, None);
+    let answer = tls_ask_bytes(&mut control, &mut c, |c| {
+        c.request(turnd::proto::Method::CONNECT, |w| {
+            let _ = w.xor_address(turnd::proto::AttrType::XOR_PEER_ADDRESS, peer_addr);
+        })
+    });
+    assert_eq!(c.read(&answer).error, None, "Connect over TLS");
+    let m = turnd::proto::Message::parse(&answer).unwrap();
+    let id = m.get(turnd::proto::AttrType::CONNECTION_ID).unwrap().value.to_vec();
+    let (mut at_peer, _) = peer.accept().unwrap();
+    at_peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (mut data, _) = tls_connect(server);
+    let answer = tls_ask_bytes(&mut data, &mut c.clone(), |c| {
+        c.request(turnd::proto::Method::CONNECTION_BIND, |w| {
+            let _ = w.attr(turnd::proto::AttrType::CONNECTION_ID, &id);
+        })
+    });
+    assert_eq!(c.read(&answer).error, None, "ConnectionBind over TLS");
+    // Plaintext at the peer, TLS at the client, unchanged both ways.
+    data.write_all(b"through TLS").unwrap();
+    let mut got = [0u8; 11];
+    at_peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"through TLS");
+    at_peer.write_all(b"and back").unwrap();
+    let mut back = [0u8; 8];
+    data.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"and back");
+}
