@@ -26,7 +26,10 @@ SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 ADDR=127.0.0.1:3478
 
-command -v turnserver >/dev/null || { echo "compare.sh: coturn is not installed (bash .ci/deps installs it)" >&2; exit 1; }
+# The comparator: the current coturn release built from source with -O2
+# (benches/build-coturn.sh), else Debian's package.
+COTURN=${COTURN:-$(ls benches/coturn/bin/turnserver 2>/dev/null || command -v turnserver || true)}
+[ -n "$COTURN" ] || { echo "compare.sh: coturn is not installed (bash .ci/deps installs it)" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "compare.sh: taskset (util-linux) is missing" >&2; exit 1; }
 
 cargo build --release --quiet -p turnd -p turnd-load
@@ -51,7 +54,7 @@ start() { # server
     coturn)
       # Defaults, but for what a loopback benchmark needs: one user, loopback peers allowed,
       # and no CLI/TLS/DTLS listeners (turnd serves none of them here either).
-      taskset -c "$SERVER_CORE" turnserver -n --listening-ip=127.0.0.1 --listening-port=3478 \
+      taskset -c "$SERVER_CORE" "$COTURN" -n --listening-ip=127.0.0.1 --listening-port=3478 \
         --relay-ip=127.0.0.1 --lt-cred-mech --user=bench:bench --realm=bench \
         --allow-loopback-peers --no-cli --no-tls --no-dtls >"$OUT/coturn.log" 2>&1 &
       ;;

@@ -17,7 +17,10 @@ SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 ADDR=127.0.0.1:3478
 
-command -v turnserver >/dev/null || { echo "tcp_relay.sh: coturn is not installed (bash .ci/deps installs it)" >&2; exit 1; }
+# The comparator: the current coturn release built from source with -O2
+# (benches/build-coturn.sh), else Debian's package.
+COTURN=${COTURN:-$(ls benches/coturn/bin/turnserver 2>/dev/null || command -v turnserver || true)}
+[ -n "$COTURN" ] || { echo "tcp_relay.sh: coturn is not installed (bash .ci/deps installs it)" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "tcp_relay.sh: taskset (util-linux) is missing" >&2; exit 1; }
 
 cargo build --release --quiet -p turnd -p turnd-load
@@ -43,7 +46,7 @@ start() { # server
       taskset -c "$SERVER_CORE" "$TURND" serve --config benches/turnd-bench.toml >"$OUT/turnd.log" 2>&1 &
       ;;
     coturn)
-      taskset -c "$SERVER_CORE" turnserver -n --listening-ip=127.0.0.1 --listening-port=3478 \
+      taskset -c "$SERVER_CORE" "$COTURN" -n --listening-ip=127.0.0.1 --listening-port=3478 \
         --relay-ip=127.0.0.1 --lt-cred-mech --user=bench:bench --realm=bench \
         --allow-loopback-peers --no-cli --no-tls --no-dtls >"$OUT/coturn.log" 2>&1 &
       ;;
@@ -72,16 +75,17 @@ for round in $(seq "$ROUNDS"); do
 done
 
 TABLE=$OUT/table.md
-python3 - "$RESULTS" "$ROUNDS" "$DURATION" >"$TABLE" <<'PY'
+VERSION=$("$COTURN" --version 2>/dev/null | head -1)
+python3 - "$RESULTS" "$ROUNDS" "$DURATION" "$VERSION" >"$TABLE" <<'PY'
 import json, statistics, sys, subprocess, datetime
-path, rounds, duration = sys.argv[1:]
+path, rounds, duration, version = sys.argv[1:]
 rows = [json.loads(l) for l in open(path)]
 def med(server, n):
     v = [r["r"]["mb_per_s"] for r in rows if r["server"] == server and r["r"]["connections"] == n]
     return statistics.median(v) if v else None
 rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print(f"{datetime.date.today()}, commit {rev}, {rounds} rounds of {duration} s, medians. Server on core 0, "
-      "turnd-load (clients and sink) on core 1; client to peer through TCP relays (RFC 6062).\n")
+print(f"{datetime.date.today()}, commit {rev}, coturn {version}, {rounds} rounds of {duration} s, medians. "
+      "Server on core 0, turnd-load (clients and sink) on core 1; client to peer through TCP relays (RFC 6062).\n")
 print("| figure | turnd | coturn | turnd / coturn |")
 print("|---|---|---|---|")
 for n, name in ((1, "MB/s through one TCP relay"), (100, "MB/s through 100 TCP relays at once")):
