@@ -46,6 +46,7 @@ impl<R: RelayIo> Engine<R> {
             .copied()
     }
 
+    #[inline(never)]
     pub(super) fn discovery_binding<'x>(
         &mut self,
         msg: &Message<'_>,

@@ -406,9 +406,11 @@ impl<R: RelayIo> Engine<R> {
             }
         };
 
-        let discovery = match msg.method() {
-            Method::BINDING => self.discovery_at(tuple.server),
-            _ => None,
+        // Off (the usual case), nothing to look up on the Binding fast path.
+        let discovery = if self.config.discovery.is_empty() || msg.method() != Method::BINDING {
+            None
+        } else {
+            self.discovery_at(tuple.server)
         };
         let mut unknown = [AttrType(0); MAX_UNKNOWN_LISTED];
         let mut n_unknown = 0;
