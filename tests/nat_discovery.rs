@@ -357,6 +357,15 @@ fn nat_check_names_the_missing_rfc5780_and_still_gives_the_public_address() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("does not support RFC 5780"), "{out}");
     assert!(out.contains("public address: 127.0.0.1:"), "{out}");
+    // A STUN-only server (no credentials) says it does not relay.
+    let stun_only = Turnd::start(&common::loopback_config("threads = 1"));
+    let url = format!("turn:{}?transport=udp", stun_only.udp[0]);
+    let (code, out) = nat_check(&[&url, "--user", "a", "--password", "b", "--rto", "100ms", "--rc", "3"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("Allocate: 403: the server does not relay for you"),
+        "{out}"
+    );
     // Nothing listening: the words say what to check.
     let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();

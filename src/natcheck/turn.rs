@@ -225,7 +225,10 @@ impl Session {
                         self.realm.as_deref().unwrap_or("")
                     ))
                 }
-                _ => return Err(format!("{what}: {code} {reason}{}", meaning(code))),
+                _ => {
+                    let sep = if reason.is_empty() { "" } else { " " };
+                    return Err(format!("{what}: {code}{sep}{reason}{}", meaning(code, method)));
+                }
             }
         }
         Err(format!("{what}: the server kept asking for new credentials"))
@@ -233,8 +236,11 @@ impl Session {
 }
 
 /// What an error code usually means for this check.
-fn meaning(code: u16) -> &'static str {
+fn meaning(code: u16, method: Method) -> &'static str {
     match code {
+        403 if method == Method::ALLOCATE => {
+            ": the server does not relay for you (a STUN-only server has no credentials configured)"
+        }
         403 => ": the server forbids this peer address (a deny list, or peers.allow)",
         437 => ": an allocation already exists on this 5-tuple; wait for it to expire",
         440 => ": the server cannot relay this address family",
