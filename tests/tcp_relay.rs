@@ -6,10 +6,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{turn_config, Turnd};
+use common::{turn_config, uclient, Turnd};
 use turnd::proto::{AttrType, Class, Message, Method};
 use turnd::server::testclient::TestClient;
 
@@ -35,43 +34,6 @@ fn echo_peer() -> SocketAddr {
     addr
 }
 
-struct Totals {
-    sessions: u64,
-    sent: u64,
-    received: u64,
-    lost: u64,
-    text: String,
-}
-
-fn uclient(args: &[&str]) -> Totals {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg("turnutils_uclient")
-        .args(args)
-        .output()
-        .expect("turnutils_uclient (Debian's coturn package, from .ci/deps)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let after = |key: &str| -> u64 {
-        text.rfind(key)
-            .map(|i| {
-                text[i + key.len()..]
-                    .trim_start_matches([' ', '~', '='])
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-            })
-            .and_then(|d| d.parse().ok())
-            .unwrap_or_else(|| panic!("{key} missing in uclient output:\n{text}"))
-    };
-    Totals {
-        sessions: after("msz"),
-        sent: after("tot_send_msgs"),
-        received: after("tot_recv_msgs"),
-        lost: after("Total lost packets"),
-        text,
-    }
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
@@ -86,7 +48,7 @@ fn coturn_client_relays_over_tcp_to_an_echo_peer_and_frees_everything() {
     let peer = echo_peer();
     let (port, peer_port) = (t.tcp[0].port().to_string(), peer.port().to_string());
     let run = || {
-        uclient(&[
+        uclient::run(&[
             "-t",
             "-T",
             "-e",
@@ -152,7 +114,7 @@ fn coturn_clients_relay_to_each_other_over_tcp() {
     let t = Turnd::start(&tcp_relay_config(2));
     let peer = echo_peer();
     let (port, peer_port) = (t.tcp[0].port().to_string(), peer.port().to_string());
-    let totals = uclient(&[
+    let totals = uclient::run(&[
         "-t",
         "-T",
         "-e",

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{turn_config, InProcess, Turnd};
+use common::{turn_config, uclient, InProcess, Turnd};
 use turnd::metrics::{Direction, Framing, TurnMethod};
 use turnd::server::Transport;
 use webrtc_util::Conn;
@@ -143,49 +143,6 @@ async fn webrtc_turn_client_with_a_wrong_password_gets_no_allocation() {
     client.close().await.unwrap();
 }
 
-/// Parses coturn uclient's summary lines.
-struct UclientTotals {
-    /// Sessions the client ran (RTP and RTCP each count).
-    sessions: u64,
-    sent_msgs: u64,
-    recv_msgs: u64,
-    sent_bytes: u64,
-    recv_bytes: u64,
-    lost: u64,
-}
-
-fn number_after(text: &str, key: &str) -> u64 {
-    let start = text
-        .rfind(key)
-        .unwrap_or_else(|| panic!("{key} missing in uclient output:\n{text}"))
-        + key.len();
-    text[start..]
-        .trim_start_matches([' ', '~'])
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
-fn uclient(args: &[&str]) -> UclientTotals {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg("turnutils_uclient")
-        .args(args)
-        .output()
-        .expect("turnutils_uclient missing: install Debian's coturn package (bash .ci/deps)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    UclientTotals {
-        sessions: number_after(&text, "msz="),
-        sent_msgs: number_after(&text, "tot_send_msgs="),
-        recv_msgs: number_after(&text, "tot_recv_msgs="),
-        sent_bytes: number_after(&text, "tot_send_bytes"),
-        recv_bytes: number_after(&text, "tot_recv_bytes"),
-        lost: number_after(&text, "Total lost packets"),
-    }
-}
-
 struct Peer(std::process::Child, u16);
 
 impl Peer {
@@ -255,14 +212,14 @@ fn coturn_run_sharded(flags: &[&str], rest: bool, threads: u32) -> (u64, u64) {
         args.extend(["-u", "alice", "-w", "wonderland"]);
     }
     args.push("127.0.0.1");
-    let totals = uclient(&args);
+    let totals = uclient::run(&args);
     // RTP and RTCP sessions: more than one per client.
     let sessions = totals.sessions;
     assert!(sessions > clients, "{flags:?}: {sessions} sessions");
-    assert_eq!(totals.sent_msgs, messages * sessions, "{flags:?}");
-    assert_eq!(totals.recv_msgs, messages * sessions, "{flags:?}");
+    assert_eq!(totals.sent, messages * sessions, "{flags:?}");
+    assert_eq!(totals.received, messages * sessions, "{flags:?}");
     assert_eq!(totals.sent_bytes, messages * sessions * size, "{flags:?}");
-    assert_eq!(totals.recv_bytes, messages * sessions * size, "{flags:?}");
+    assert_eq!(totals.received_bytes, messages * sessions * size, "{flags:?}");
     assert_eq!(totals.lost, 0, "{flags:?}");
     // Each RTCP allocation got the odd port its RTP allocation reserved.
     let ports: Vec<u16> = t
@@ -283,7 +240,7 @@ fn coturn_run_sharded(flags: &[&str], rest: bool, threads: u32) -> (u64, u64) {
         .filter(|&&p| p % 2 == 0 && ports.contains(&(p + 1)))
         .count();
     assert!(pairs >= 1, "{flags:?}: no RTP/RTCP pair among {ports:?}");
-    (totals.recv_msgs, totals.recv_bytes)
+    (totals.received, totals.received_bytes)
 }
 
 #[test]

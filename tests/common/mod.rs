@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod uclient;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
