@@ -254,34 +254,28 @@ impl Server {
         let mut skipped = Vec::new();
 
         for l in &config.listeners() {
-            // The embedded default listens on [::] too; a host without IPv6 still starts.
-            let optional = config.source == Source::Embedded && l.address.is_ipv6();
-            let marks: Vec<(usize, usize)> = sockets.iter().map(|s| (s.udp.len(), s.tcp.len())).collect();
-            let result = (|| -> Result<Vec<Bound>, BindError> {
-                let mut here = Vec::new();
-                if l.udp {
-                    let mut addr = l.address;
-                    if reuse_port {
-                        shared_elsewhere(addr, false).map_err(|e| bind_err("udp", addr, e))?;
-                    }
-                    for shard in sockets.iter_mut() {
-                        let s = socket::bind_udp(addr, reuse_port).map_err(|e| bind_err("udp", addr, e))?;
-                        addr = s.local_addr().map_err(|e| bind_err("udp", addr, e))?;
-                        shard.udp.push(s);
-                    }
-                    here.push(Bound {
-                        transport: Transport::Udp,
-                        address: addr,
-                    });
-                }
-                if l.is_stream() {
-                    let (name, transport, tls) = if l.tls {
-                        let Some(a) = acceptor.clone() else {
-                            return Err(bind_err("tls", l.address, io::Error::other("no certificate loaded")));
-                        };
-                        ("tls", Transport::Tls, Some(a))
-                    } else {
-                        ("tcp", Transport::Tcp, None)
+            // A listener's sockets join the shards only once all of them are bound, so a
+            // listener that fails leaves nothing open behind it.
+            let result = (|| -> Result<_, BindError> {
+                let udp = if l.udp {
+                    let (bind, local) = (socket::bind_udp, std::net::UdpSocket::local_addr);
+                    Some(bind_per_shard(
+                        l.address,
+                        ("udp", false),
+                        (shards, reuse_port),
+                        bind,
+                        local,
+                    )?)
+                } else {
+                    None
+                };
+                let tcp = if l.is_stream() {
+                    let (name, tls) = match (l.tls, &acceptor) {
+                        (false, _) => ("tcp", None),
+                        (true, Some(a)) => ("tls", Some(a.clone())),
+                        (true, None) => {
+                            return Err(bind_err("tls", l.address, io::Error::other("no certificate loaded")))
+                        }
                     };
                     let settings = TcpSettings {
                         connections: Arc::new(Semaphore::new(l.max_connections)),
@@ -289,31 +283,38 @@ impl Server {
                         tls,
                         per_ip: PerIp::new(l.max_connections_per_ip),
                     };
-                    let mut addr = l.address;
-                    if reuse_port {
-                        shared_elsewhere(addr, true).map_err(|e| bind_err(name, addr, e))?;
-                    }
-                    for shard in sockets.iter_mut() {
-                        let s = socket::bind_tcp(addr, reuse_port).map_err(|e| bind_err(name, addr, e))?;
-                        addr = s.local_addr().map_err(|e| bind_err(name, addr, e))?;
-                        shard.tcp.push((s, settings.clone()));
-                    }
-                    here.push(Bound {
-                        transport,
-                        address: addr,
-                    });
-                }
-                Ok(here)
+                    let (bind, local) = (socket::bind_tcp, std::net::TcpListener::local_addr);
+                    let all = bind_per_shard(l.address, (name, true), (shards, reuse_port), bind, local)?;
+                    Some((all, settings))
+                } else {
+                    None
+                };
+                Ok((udp, tcp))
             })();
             match result {
-                Ok(b) => bound.extend(b),
-                Err(e) if optional && socket::is_family_unavailable(&e.source) => {
-                    // Close whatever this listener bound before failing.
-                    for (shard, (u, t)) in sockets.iter_mut().zip(&marks) {
-                        shard.udp.truncate(*u);
-                        shard.tcp.truncate(*t);
+                Ok((udp, tcp)) => {
+                    if let Some((address, all)) = udp {
+                        bound.push(Bound {
+                            transport: Transport::Udp,
+                            address,
+                        });
+                        sockets.iter_mut().zip(all).for_each(|(shard, s)| shard.udp.push(s));
                     }
-                    skipped.push(e);
+                    if let Some(((address, all), settings)) = tcp {
+                        let transport = if l.tls { Transport::Tls } else { Transport::Tcp };
+                        bound.push(Bound { transport, address });
+                        for (shard, s) in sockets.iter_mut().zip(all) {
+                            shard.tcp.push((s, settings.clone()));
+                        }
+                    }
+                }
+                // The embedded default listens on [::] too; a host without IPv6 still starts.
+                Err(e)
+                    if config.source == Source::Embedded
+                        && l.address.is_ipv6()
+                        && socket::is_family_unavailable(&e.source) =>
+                {
+                    skipped.push(e)
                 }
                 Err(e) => return Err(e),
             }
@@ -321,56 +322,34 @@ impl Server {
 
         let (stop, stop_rx) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(Arc::new(engine));
-        let clock = Epoch {
-            at: std::time::Instant::now(),
-            unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-        };
-        let mut handles = Vec::with_capacity(shards);
         // Every shard can reach every other: a TCP relay's ConnectionBind may land on a shard
         // other than the one that holds its allocation.
-        let (commands, mut receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
-        let siblings = Arc::new(commands.clone());
-        for (i, s) in sockets.into_iter().enumerate() {
-            let shared = shared.clone();
-            let metrics = metrics.clone();
+        let (commands, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
+        let common = ShardCommon {
+            count: shards as u32,
+            config: config_rx,
+            shared,
+            metrics,
+            clock: Epoch {
+                at: std::time::Instant::now(),
+                unix: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default(),
+            },
+            stop: stop_rx,
+            siblings: Arc::new(commands.clone()),
+        };
+        let unnamed = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut handles = Vec::with_capacity(shards);
+        for (i, (s, cmd_rx)) in sockets.into_iter().zip(receivers).enumerate() {
             // Each engine's randomness comes from the OS CSPRNG, read here, once.
             let mut seed = [0u8; 32];
-            getrandom::fill(&mut seed).map_err(|e| {
-                bind_err(
-                    "random",
-                    SocketAddr::from(([0, 0, 0, 0], 0)),
-                    io::Error::other(e.to_string()),
-                )
-            })?;
-            let config_rx = config_rx.clone();
-            let stop_rx = stop_rx.clone();
-            let Some(cmd_rx) = receivers.get_mut(i).map(|r| {
-                let (_, empty) = mpsc::unbounded_channel();
-                std::mem::replace(r, empty)
-            }) else {
-                break;
-            };
-            let siblings = siblings.clone();
+            getrandom::fill(&mut seed).map_err(|e| bind_err("random", unnamed, io::Error::other(e.to_string())))?;
+            let common = common.clone();
             let h = std::thread::Builder::new()
                 .name(format!("turnd-shard-{i}"))
-                .spawn(move || {
-                    run_shard(
-                        i,
-                        shards as u32,
-                        s,
-                        config_rx,
-                        cmd_rx,
-                        shared,
-                        metrics,
-                        clock,
-                        seed,
-                        stop_rx,
-                        siblings,
-                    )
-                })
-                .map_err(|e| bind_err("thread", SocketAddr::from(([0, 0, 0, 0], 0)), e))?;
+                .spawn(move || run_shard(i, s, cmd_rx, seed, common))
+                .map_err(|e| bind_err("thread", unnamed, e))?;
             handles.push(h);
         }
         Ok(Server {
@@ -502,6 +481,27 @@ fn shared_elsewhere(addr: SocketAddr, stream: bool) -> io::Result<()> {
     })
 }
 
+/// Binds `addr` once per shard (with SO_REUSEPORT when there are several); the first bind
+/// resolves port 0 for the others. Returns the address bound and the sockets.
+fn bind_per_shard<S>(
+    mut addr: SocketAddr,
+    (name, stream): (&'static str, bool),
+    (shards, reuse_port): (usize, bool),
+    bind: fn(SocketAddr, bool) -> io::Result<S>,
+    local: fn(&S) -> io::Result<SocketAddr>,
+) -> Result<(SocketAddr, Vec<S>), BindError> {
+    if reuse_port {
+        shared_elsewhere(addr, stream).map_err(|e| bind_err(name, addr, e))?;
+    }
+    let mut all = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let s = bind(addr, reuse_port).map_err(|e| bind_err(name, addr, e))?;
+        addr = local(&s).map_err(|e| bind_err(name, addr, e))?;
+        all.push(s);
+    }
+    Ok((addr, all))
+}
+
 fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> BindError {
     BindError {
         transport,
@@ -510,20 +510,34 @@ fn bind_err(transport: &'static str, address: SocketAddr, source: io::Error) -> 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_shard(
-    index: usize,
+/// What every shard starts with.
+#[derive(Clone)]
+struct ShardCommon {
     count: u32,
-    sockets: ShardSockets,
-    mut config: watch::Receiver<Arc<EngineConfig>>,
-    mut commands: mpsc::UnboundedReceiver<ShardCommand>,
+    config: watch::Receiver<Arc<EngineConfig>>,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     clock: Epoch,
-    seed: [u8; 32],
     stop: watch::Receiver<bool>,
     siblings: Arc<Vec<mpsc::UnboundedSender<ShardCommand>>>,
+}
+
+fn run_shard(
+    index: usize,
+    sockets: ShardSockets,
+    mut commands: mpsc::UnboundedReceiver<ShardCommand>,
+    seed: [u8; 32],
+    common: ShardCommon,
 ) {
+    let ShardCommon {
+        count,
+        mut config,
+        shared,
+        metrics,
+        clock,
+        stop,
+        siblings,
+    } = common;
     let engine_config = config.borrow_and_update().clone();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
