@@ -47,6 +47,14 @@ impl UserKeys {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Adds `other`'s users; where both have a user, `other`'s keys win.
+    pub fn extend(&mut self, other: &UserKeys) {
+        for (realm, users) in &other.by_realm {
+            let mine = self.by_realm.entry(realm.clone()).or_default();
+            mine.extend(users.iter().map(|(n, k)| (n.clone(), k.clone())));
+        }
+    }
 }
 
 /// Why the users file could not be used.
@@ -81,7 +89,7 @@ struct RawUser {
     sha256: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(s, "{b:02x}");
@@ -89,7 +97,7 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     if s.len() != N * 2 {
         return None;
     }

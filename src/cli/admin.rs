@@ -29,27 +29,84 @@ fn ask(config: &Config, request: &str) -> Result<serde_json::Value, String> {
     }
 }
 
-pub fn sessions(config: &Config, user: Option<&str>) -> ExitCode {
-    let request = match user {
-        Some(u) => format!("sessions {u}"),
-        None => "sessions".into(),
-    };
-    let v = match ask(config, &request) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("turnd: {e}");
-            return ExitCode::from(1);
+/// Every node's answer to `request` (with `[cluster]`), or an error to print.
+fn ask_cluster(
+    cluster: &crate::config::ClusterConfig,
+    request: crate::cluster::command::Request,
+) -> Result<Vec<crate::cluster::command::Answer>, String> {
+    let r = super::users::block_on(async {
+        let store = crate::cluster::Store::new(cluster)?;
+        crate::cluster::command::ask_all(&store, request).await
+    })?;
+    let (answers, heard) = r.map_err(|e| e.to_string())?;
+    if answers.len() < heard {
+        eprintln!(
+            "turnd: {} of {heard} nodes did not answer within {}s",
+            heard - answers.len(),
+            crate::cluster::command::ANSWER_WAIT.as_secs()
+        );
+    }
+    Ok(answers)
+}
+
+/// `turnd sessions`: this server's allocations over the admin socket, or with `[cluster]`
+/// (and no `--local`) every node's, each tagged with its node.
+pub fn sessions(config: &Config, user: Option<&str>, local: bool) -> ExitCode {
+    let list: Vec<SessionInfo> = match (&config.cluster, local) {
+        (Some(cluster), false) => {
+            let request = crate::cluster::command::Request::Sessions {
+                user: user.map(str::to_string),
+            };
+            match ask_cluster(cluster, request) {
+                Ok(answers) => {
+                    let mut all: Vec<SessionInfo> = answers.into_iter().flat_map(|a| a.sessions).collect();
+                    all.sort_by(|a, b| (&a.node, &a.user, a.client).cmp(&(&b.node, &b.user, b.client)));
+                    all
+                }
+                Err(e) => {
+                    eprintln!("turnd: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        _ => {
+            let request = match user {
+                Some(u) => format!("sessions {u}"),
+                None => "sessions".into(),
+            };
+            match ask(config, &request) {
+                Ok(v) => serde_json::from_value(v["sessions"].clone()).unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("turnd: {e}");
+                    return ExitCode::from(1);
+                }
+            }
         }
     };
-    let list: Vec<SessionInfo> = serde_json::from_value(v["sessions"].clone()).unwrap_or_default();
+    let with_node = list.iter().any(|s| s.node.is_some());
+    let node = |n: Option<&str>| {
+        if with_node {
+            format!("{:<16} ", n.unwrap_or(""))
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<24} {:<26} {:<5} {:<40} {:>8} {:>14} {:>14}",
-        "USER", "CLIENT", "PROTO", "RELAYED", "AGE_S", "TO_PEER_BYTES", "TO_CLIENT_BYTES"
+        "{}{:<24} {:<26} {:<5} {:<40} {:>8} {:>14} {:>14}",
+        node(Some("NODE")),
+        "USER",
+        "CLIENT",
+        "PROTO",
+        "RELAYED",
+        "AGE_S",
+        "TO_PEER_BYTES",
+        "TO_CLIENT_BYTES"
     );
     for s in &list {
         let relayed: Vec<String> = s.relayed.iter().map(ToString::to_string).collect();
         println!(
-            "{:<24} {:<26} {:<5} {:<40} {:>8} {:>14} {:>14}",
+            "{}{:<24} {:<26} {:<5} {:<40} {:>8} {:>14} {:>14}",
+            node(s.node.as_deref()),
             s.user,
             s.client.to_string(),
             s.transport,
@@ -61,7 +118,8 @@ pub fn sessions(config: &Config, user: Option<&str>) -> ExitCode {
         // A TCP allocation's data connections, each under its allocation.
         for c in &s.connections {
             println!(
-                "{:<24} {:<26} {:<5} {:<40} {:>8} {:>14} {:>14}",
+                "{}{:<24} {:<26} {:<5} {:<40} {:>8} {:>14} {:>14}",
+                node(None),
                 "  tcp connection",
                 c.peer.to_string(),
                 "",
@@ -76,14 +134,26 @@ pub fn sessions(config: &Config, user: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `turnd disconnect USER`: on this server, or with `[cluster]` on every node.
 pub fn disconnect(config: &Config, user: &str) -> ExitCode {
     if user.is_empty() || user.chars().any(char::is_whitespace) {
         eprintln!("turnd: the user name must be non-empty and have no spaces");
         return ExitCode::from(1);
     }
-    match ask(config, &format!("disconnect {user}")) {
-        Ok(v) => {
-            println!("ended {} allocation(s) of {user:?}", v["disconnected"]);
+    let ended = match &config.cluster {
+        Some(cluster) => {
+            let request = crate::cluster::command::Request::Disconnect { user: user.to_string() };
+            ask_cluster(cluster, request).map(|a| {
+                let n: usize = a.iter().map(|a| a.disconnected).sum();
+                format!("{n} allocation(s) of {user:?} on {} node(s)", a.len())
+            })
+        }
+        None => ask(config, &format!("disconnect {user}"))
+            .map(|v| format!("{} allocation(s) of {user:?}", v["disconnected"])),
+    };
+    match ended {
+        Ok(what) => {
+            println!("ended {what}");
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -1,7 +1,8 @@
 //! The command line: `turnd serve`, `check-config`, `user`, `credential`, `sessions`,
-//! `disconnect`, `nat-check`.
+//! `disconnect`, `nat-check`, `cluster`.
 
 mod admin;
+mod cluster;
 mod notify;
 mod serve;
 mod users;
@@ -57,13 +58,16 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
-    /// List open allocations (asks the running server over its admin socket).
+    /// List open allocations: this server's (over its admin socket), or with [cluster] every node's.
     Sessions {
         /// Only this user's allocations.
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
+        /// With [cluster]: only this node's (over the admin socket).
+        #[arg(long)]
+        local: bool,
     },
-    /// End every allocation of a user at once (over the admin socket).
+    /// End every allocation of a user at once (on every node with [cluster]).
     Disconnect {
         /// The user whose allocations end.
         user: String,
@@ -71,6 +75,21 @@ pub enum Command {
     /// Diagnose from this host: the NAT it sits behind (RFC 5780, with stun:), or a TURN
     /// server end to end (with turn:). Needs no config.
     NatCheck(NatCheckArgs),
+    /// The cluster this node belongs to (needs [cluster]).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every node with its state, load and last heartbeat, as Redis has them.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -213,8 +232,11 @@ pub fn run(cli: Cli) -> ExitCode {
             } => users::passwd(&config, &name, realm.as_deref(), password_stdin),
         },
         Command::Credential { user, ttl, format } => users::credential(&config, user.as_deref(), &ttl, format),
-        Command::Sessions { user } => admin::sessions(&config, user.as_deref()),
+        Command::Sessions { user, local } => admin::sessions(&config, user.as_deref(), local),
         Command::Disconnect { user } => admin::disconnect(&config, &user),
         Command::NatCheck(a) => nat_check(&a),
+        Command::Cluster {
+            action: ClusterCommand::Status { json },
+        } => cluster::status(&config, json),
     }
 }

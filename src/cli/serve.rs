@@ -101,6 +101,8 @@ fn stamp(path: &std::path::Path) -> Stamp {
 struct Live {
     config: Config,
     file_users: UserKeys,
+    /// The cluster's users, as last read from Redis.
+    cluster_users: UserKeys,
     stamp: Stamp,
     certs: Option<Arc<CertStore>>,
     draining: bool,
@@ -111,6 +113,7 @@ impl Live {
         let mut live = Live {
             config,
             file_users: UserKeys::default(),
+            cluster_users: UserKeys::default(),
             stamp: None,
             certs: None,
             draining: false,
@@ -166,7 +169,9 @@ impl Live {
     }
 
     fn apply_credentials(&self, shared: &Shared) {
-        shared.set_credentials(Arc::new(credentials_with(&self.config, self.file_users.clone())));
+        let mut users = self.file_users.clone();
+        users.extend(&self.cluster_users);
+        shared.set_credentials(Arc::new(credentials_with(&self.config, users)));
     }
 
     /// SIGHUP: reload the config file. A config that does not validate changes nothing.
@@ -298,7 +303,19 @@ pub fn serve(config: Config) -> ExitCode {
         let _enter = rt.enter();
         Signals::install()
     };
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(match config.cluster {
+        Some(_) => Metrics::for_cluster(),
+        None => Metrics::new(),
+    });
+    let cluster = match config
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::Store::new(c).map(|s| (c.clone(), s)))
+    {
+        Some(Err(e)) => return fatal(e),
+        Some(Ok(c)) => Some(c),
+        None => None,
+    };
     let health = Arc::new(Health::default());
     let metrics_listener = match config.metrics.listen.map(bind_http).transpose() {
         Ok(l) => l,
@@ -373,7 +390,26 @@ pub fn serve(config: Config) -> ExitCode {
 
     let admin_bound = admin_listener.is_some();
     let shards = server.shards();
+    let (users_tx, mut cluster_users) = tokio::sync::watch::channel(None);
     let signal = rt.block_on(async {
+        if let Some((config, store)) = cluster.as_ref() {
+            tracing::info!(node = %config.node, redis = %store.url, "cluster node");
+            let cx = crate::cluster::node::NodeContext {
+                shared: shared.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+                max_allocations: live.config.relay.max_allocations,
+                users: users_tx,
+                shards: shards.clone(),
+            };
+            let store = crate::cluster::Store::new(config);
+            match store {
+                Ok(store) => {
+                    tokio::spawn(crate::cluster::node::run(config.clone(), store, cx));
+                }
+                Err(e) => tracing::error!("cluster: {e}"),
+            }
+        }
         if let Some(l) = metrics_listener {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
@@ -414,6 +450,12 @@ pub fn serve(config: Config) -> ExitCode {
                         }
                     }
                 }
+                Ok(()) = cluster_users.changed() => {
+                    if let Some(users) = cluster_users.borrow_and_update().clone() {
+                        live.cluster_users = users;
+                        live.apply_credentials(&shared);
+                    }
+                }
                 s = signals.next() => match s {
                     Sig::Hup => live.reload(&shared, &shards),
                     Sig::Term if drain_deadline.is_none() => {
@@ -441,6 +483,9 @@ pub fn serve(config: Config) -> ExitCode {
     tracing::info!(signal, "shutting down");
     super::notify::notify("STOPPING=1");
     server.stop();
+    if let Some((config, store)) = &cluster {
+        rt.block_on(crate::cluster::node::leave(config, store));
+    }
     if admin_bound {
         let _ = std::fs::remove_file(&config.admin.socket);
     }

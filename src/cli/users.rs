@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use base64::Engine as _;
 
-use crate::auth::users_file::{self, ModifyError, UserRecord};
+use crate::auth::users_file::{self, ModifyError, UserRecord, UsersFile};
 use crate::auth::UserName;
 use crate::auth::{Keys, RestSecrets};
+use crate::cluster::Store;
 use crate::config::{parse_duration, Config};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -75,19 +76,11 @@ pub fn add(config: &Config, name: &str, realm: Option<&str>, password_stdin: boo
             config.source
         ));
     }
-    let (password, generated) = if password_stdin {
-        match password_from_stdin() {
-            Ok(p) => (p, false),
-            Err(e) => return fail(e),
-        }
-    } else {
-        match generate_password() {
-            Ok(p) => (p, true),
-            Err(e) => return fail(e),
-        }
+    let (password, generated) = match new_password(password_stdin) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
     };
-    let path = &config.auth.users_file;
-    let r = users_file::modify(path, |f| {
+    let r = modify(config, |f| {
         if f.find(name, realm).is_some() {
             return Err(format!(
                 "user {name:?} already exists in realm {realm:?}; use `turnd user passwd`"
@@ -102,33 +95,36 @@ pub fn add(config: &Config, name: &str, realm: Option<&str>, password_stdin: boo
     });
     match r {
         Ok(()) => {
+            let place = place(config);
             if generated {
                 println!("{password}");
-                eprintln!("added user {name:?} in realm {realm:?}; its password is printed above and is not stored");
+                eprintln!(
+                    "added user {name:?} in realm {realm:?} ({place}); its password is printed above and is not stored"
+                );
             } else {
-                eprintln!("added user {name:?} in realm {realm:?}");
+                eprintln!("added user {name:?} in realm {realm:?} ({place})");
             }
             ExitCode::SUCCESS
         }
-        Err(e) => explain(e, path),
+        Err(code) => code,
     }
 }
 
 pub fn remove(config: &Config, name: &str, realm: Option<&str>) -> ExitCode {
     let realm = realm.unwrap_or(&config.realm);
-    let path = &config.auth.users_file;
-    match users_file::modify(path, |f| match f.find(name, realm) {
+    let r = modify(config, |f| match f.find(name, realm) {
         Some(i) => {
             f.users.remove(i);
             Ok(())
         }
         None => Err(format!("no user {name:?} in realm {realm:?}")),
-    }) {
+    });
+    match r {
         Ok(()) => {
-            eprintln!("removed user {name:?} from realm {realm:?}");
+            eprintln!("removed user {name:?} from realm {realm:?} ({})", place(config));
             ExitCode::SUCCESS
         }
-        Err(e) => explain(e, path),
+        Err(code) => code,
     }
 }
 
@@ -137,53 +133,107 @@ pub fn passwd(config: &Config, name: &str, realm: Option<&str>, password_stdin: 
         Ok(r) => r,
         Err(e) => return fail(e),
     };
-    let (password, generated) = if password_stdin {
-        match password_from_stdin() {
-            Ok(p) => (p, false),
-            Err(e) => return fail(e),
-        }
-    } else {
-        match generate_password() {
-            Ok(p) => (p, true),
-            Err(e) => return fail(e),
-        }
+    let (password, generated) = match new_password(password_stdin) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
     };
-    let path = &config.auth.users_file;
-    match users_file::modify(path, |f| match f.find(name, realm) {
+    let r = modify(config, |f| match f.find(name, realm) {
         Some(i) => {
             f.users[i].keys = Keys::derive(name, realm, &password);
             Ok(())
         }
         None => Err(format!("no user {name:?} in realm {realm:?}")),
-    }) {
+    });
+    match r {
         Ok(()) => {
             if generated {
                 println!("{password}");
             }
-            eprintln!("changed the password of {name:?} in realm {realm:?}");
+            eprintln!(
+                "changed the password of {name:?} in realm {realm:?} ({})",
+                place(config)
+            );
             ExitCode::SUCCESS
         }
-        Err(e) => explain(e, path),
+        Err(code) => code,
     }
 }
 
-/// Lists users as `NAME<TAB>REALM<TAB>SOURCE`: the users file, then `[[auth.users]]` from the
-/// config file (which `turnd user` cannot change).
-pub fn list(config: &Config, realm: Option<&str>) -> ExitCode {
-    match users_file::UsersFile::load(&config.auth.users_file) {
-        Ok(f) => {
-            for u in f.users.iter().filter(|u| realm.is_none_or(|r| u.realm == r)) {
-                println!("{}\t{}\tusers file", u.name, u.realm);
-            }
-            if realm.is_none_or(|r| r == config.realm) {
-                for u in &config.auth.users {
-                    println!("{}\t{}\tconfig file", u.name, config.realm);
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
+/// The password from stdin, or a generated one (then true).
+fn new_password(from_stdin: bool) -> Result<(String, bool), String> {
+    if from_stdin {
+        password_from_stdin().map(|p| (p, false))
+    } else {
+        generate_password().map(|p| (p, true))
     }
+}
+
+/// Where `turnd user` keeps users under this config.
+fn place(config: &Config) -> String {
+    match &config.cluster {
+        Some(c) => format!("cluster, {}", crate::config::redact_url(&c.redis)),
+        None => format!("users file {}", config.auth.users_file.display()),
+    }
+}
+
+/// Runs one cluster operation to its end on a runtime of its own.
+pub(super) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    Ok(rt.block_on(f))
+}
+
+/// Applies `change` where this config keeps its users: the cluster's Redis with `[cluster]`,
+/// else the users file. On failure the error is printed and the exit code returned.
+fn modify(config: &Config, change: impl Fn(&mut UsersFile) -> Result<(), String>) -> Result<(), ExitCode> {
+    let Some(cluster) = &config.cluster else {
+        let path = &config.auth.users_file;
+        return users_file::modify(path, change).map_err(|e| explain(e, path));
+    };
+    let r = block_on(async {
+        let store = Store::new(cluster).map_err(|e| e.to_string())?;
+        crate::cluster::users::modify(&store, change)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    r.and_then(|r| r).map_err(fail)
+}
+
+/// Lists users as `NAME<TAB>REALM<TAB>SOURCE`: the cluster's (with `[cluster]`), the users
+/// file's, then `[[auth.users]]` from the config file (which `turnd user` cannot change).
+pub fn list(config: &Config, realm: Option<&str>) -> ExitCode {
+    let mut sources = Vec::new();
+    if let Some(cluster) = &config.cluster {
+        let r = block_on(async {
+            let store = Store::new(cluster).map_err(|e| e.to_string())?;
+            let mut conn = store.connect().await.map_err(|e| e.to_string())?;
+            let (users, _, _) = crate::cluster::users::load(&store, &mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(users)
+        });
+        match r.and_then(|r| r) {
+            Ok(users) => sources.push((users, "cluster")),
+            Err(e) => return fail(e),
+        }
+    }
+    match UsersFile::load(&config.auth.users_file) {
+        Ok(f) => sources.push((f, "users file")),
+        Err(e) => return fail(e),
+    }
+    for (file, source) in &sources {
+        for u in file.users.iter().filter(|u| realm.is_none_or(|r| u.realm == r)) {
+            println!("{}\t{}\t{source}", u.name, u.realm);
+        }
+    }
+    if realm.is_none_or(|r| r == config.realm) {
+        for u in &config.auth.users {
+            println!("{}\t{}\tconfig file", u.name, config.realm);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Output formats of `turnd credential`.
@@ -192,14 +242,6 @@ pub enum Format {
     Text,
     Json,
     Ice,
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The host name for `turns:` URLs: `server_name`, else the certificate's first DNS name.
@@ -256,7 +298,7 @@ pub fn turn_urls(config: &Config) -> Vec<String> {
         let host = match host {
             Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
             Some(v4) => v4.to_string(),
-            None => hostname(),
+            None => crate::sys::hostname(),
         };
         for (on, t) in [(l.udp, "udp"), (l.tcp, "tcp")] {
             let url = format!("turn:{host}:{port}?transport={t}");

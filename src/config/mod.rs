@@ -10,6 +10,21 @@ mod render;
 mod schema;
 mod validate;
 
+/// `url` with the password (between the user name's ':' and the '@') replaced, for logs and
+/// `check-config`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -237,6 +252,28 @@ pub struct NatDiscoveryConfig {
     pub alternate_port: Option<u16>,
 }
 
+/// `[cluster]`: nodes that share users, quotas, sessions and usage through one Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://` (TLS), with user name and password if Redis wants them.
+    #[serde(serialize_with = "render::redis_url")]
+    pub redis: String,
+    /// This node's name in the cluster (default: the host name).
+    pub node: String,
+    /// Where other nodes may send clients (ALTERNATE-SERVER), at most one per family.
+    #[serde(serialize_with = "render::each")]
+    pub advertise: Vec<SocketAddr>,
+    /// A PEM file of the CA that signed Redis's certificate (`rediss://` with a private CA).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "render::some_path")]
+    pub tls_ca: Option<PathBuf>,
+    /// A node that stops renewing its heartbeat and quota leases drops out after this long.
+    #[serde(serialize_with = "render::duration")]
+    pub lease_ttl: Duration,
+    /// How long hourly usage buckets are kept in Redis.
+    #[serde(serialize_with = "render::duration")]
+    pub usage_retention: Duration,
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
@@ -274,6 +311,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
     pub nat_discovery: NatDiscoveryConfig,
+    /// Absent: a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     pub log: LogConfig,
 }
 

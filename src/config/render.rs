@@ -31,6 +31,15 @@ pub(super) fn path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&p.display())
 }
 
+pub(super) fn some_path<S: Serializer>(p: &Option<std::path::PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&p.as_deref().unwrap_or(Path::new("")).display())
+}
+
+/// A Redis URL with its password replaced.
+pub(super) fn redis_url<S: Serializer>(u: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::redact_url(u))
+}
+
 pub(super) fn redacted<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(REDACTED)
 }

@@ -38,7 +38,25 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) nat_discovery: Option<RawNatDiscovery>,
     #[serde(default)]
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+    #[serde(default)]
     pub(super) log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) redis: Spanned<String>,
+    #[serde(default)]
+    pub(super) node: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) advertise: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) tls_ca: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) lease_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) usage_retention: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

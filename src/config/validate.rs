@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::schema::{RawAuth, RawConfig, RawListen, RawNatDiscovery, RawRelay};
+use super::schema::{RawAuth, RawCluster, RawConfig, RawListen, RawNatDiscovery, RawRelay};
 use super::*;
 
 /// Largest `threads` value accepted.
@@ -34,6 +34,8 @@ const DEFAULT_MAX_TCP_CONNECTIONS: u32 = 32;
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(90 * 86400);
 
 /// Converts a byte offset into a 1-based (line, column).
 pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -202,6 +204,8 @@ impl Config {
 
         let nat_discovery = validate_nat_discovery(&cx, raw.nat_discovery.unwrap_or_default(), &listen)?;
 
+        let cluster = raw.cluster.map(|c| validate_cluster(&cx, c)).transpose()?;
+
         Ok(Config {
             source,
             threads,
@@ -218,6 +222,7 @@ impl Config {
             shutdown_grace,
             limits: LimitsConfig { unauthenticated_rate },
             nat_discovery,
+            cluster,
             log,
         })
     }
@@ -465,6 +470,87 @@ fn validate_nat_discovery(
     Ok(NatDiscoveryConfig {
         alternate_addresses: addresses,
         alternate_port,
+    })
+}
+
+fn validate_cluster(cx: &Ctx<'_>, raw: Spanned<RawCluster>) -> Result<ClusterConfig, ConfigError> {
+    let raw = raw.into_inner();
+    let url = raw.redis.get_ref();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(cx.err(
+            raw.redis.span(),
+            "cluster.redis must be a redis:// or rediss:// URL, e.g. \"redis://127.0.0.1:6379/0\"",
+        ));
+    }
+    if let Err(e) = redis::Client::open(url.as_str()) {
+        return Err(cx.err(
+            raw.redis.span(),
+            format!("invalid cluster.redis {:?}: {e}", redact_url(url)),
+        ));
+    }
+    let node = match raw.node {
+        None => crate::sys::hostname(),
+        Some(n) => {
+            let v = n.get_ref();
+            let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+            if v.is_empty() || v.len() > 64 || !v.chars().all(ok) {
+                return Err(cx.err(
+                    n.span(),
+                    "cluster.node must be 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            n.into_inner()
+        }
+    };
+    let mut advertise: Vec<SocketAddr> = Vec::new();
+    for a in raw.advertise.unwrap_or_default() {
+        let addr: SocketAddr = a.get_ref().parse().map_err(|_| {
+            cx.err(
+                a.span(),
+                format!(
+                    "invalid cluster.advertise {:?}: expected IP:PORT, e.g. \"203.0.113.5:3478\"",
+                    a.get_ref()
+                ),
+            )
+        })?;
+        if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+            return Err(cx.err(
+                a.span(),
+                format!("cluster.advertise {addr} is not an address clients can reach"),
+            ));
+        }
+        if advertise.iter().any(|o| o.is_ipv4() == addr.is_ipv4()) {
+            return Err(cx.err(
+                a.span(),
+                "cluster.advertise takes at most one IPv4 and one IPv6 address",
+            ));
+        }
+        advertise.push(addr);
+    }
+    let tls_ca = match raw.tls_ca {
+        None => None,
+        Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "cluster.tls_ca is empty")),
+        Some(p) => Some(PathBuf::from(p.into_inner())),
+    };
+    Ok(ClusterConfig {
+        redis: raw.redis.into_inner(),
+        node,
+        advertise,
+        tls_ca,
+        lease_ttl: duration_at_least(
+            cx,
+            raw.lease_ttl,
+            DEFAULT_LEASE_TTL,
+            Duration::from_secs(3),
+            "cluster.lease_ttl",
+        )?,
+        usage_retention: duration_at_least(
+            cx,
+            raw.usage_retention,
+            DEFAULT_USAGE_RETENTION,
+            Duration::from_secs(3600),
+            "cluster.usage_retention",
+        )?,
     })
 }
 

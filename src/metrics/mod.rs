@@ -233,10 +233,17 @@ impl Collector for ShardCollector {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NodeStateLabels {
+    state: &'static str,
+}
+
 /// The registry, and every shard's counters.
 pub struct Metrics {
     registry: Registry,
     shards: Arc<ShardSet>,
+    /// `turnd_cluster_nodes`, present with `[cluster]`.
+    cluster_nodes: Option<Family<NodeStateLabels, Gauge>>,
 }
 
 impl Metrics {
@@ -260,7 +267,33 @@ impl Metrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         r.register_collector(Box::new(process::ProcessCollector { start_time }));
-        Metrics { registry: r, shards }
+        Metrics {
+            registry: r,
+            shards,
+            cluster_nodes: None,
+        }
+    }
+
+    /// The metrics of a cluster node: `turnd_cluster_nodes` besides the rest.
+    pub fn for_cluster() -> Self {
+        let mut m = Metrics::new();
+        let family = Family::<NodeStateLabels, Gauge>::default();
+        m.registry.register(
+            "turnd_cluster_nodes",
+            "Nodes of the cluster with a live heartbeat, this one included, by state",
+            family.clone(),
+        );
+        m.cluster_nodes = Some(family);
+        m
+    }
+
+    /// Sets `turnd_cluster_nodes` (a single node has no such metric).
+    pub fn set_cluster_nodes(&self, live: usize, draining: usize) {
+        if let Some(f) = &self.cluster_nodes {
+            f.get_or_create(&NodeStateLabels { state: "live" }).set(live as i64);
+            f.get_or_create(&NodeStateLabels { state: "draining" })
+                .set(draining as i64);
+        }
     }
 
     /// Adds a shard's counters to what is exported.

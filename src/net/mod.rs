@@ -115,6 +115,9 @@ struct ShardSockets {
 /// One open allocation, as `turnd sessions` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
+    /// The node that holds it (cluster-wide listings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub user: String,
     pub client: SocketAddr,
     pub transport: String,
@@ -414,6 +417,7 @@ fn handle_command(shard: &shard::Shard, cmd: ShardCommand) {
                 .allocations()
                 .filter(|a| user.as_deref().is_none_or(|u| &*a.username == u))
                 .map(|a| SessionInfo {
+                    node: None,
                     connections: connections(a),
                     user: a.username.to_string(),
                     client: a.tuple.client,

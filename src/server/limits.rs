@@ -140,13 +140,15 @@ pub struct Quota {
 struct QuotaInner {
     total: u32,
     per_user: std::collections::HashMap<Box<str>, u32>,
+    /// Allocations other nodes of a cluster hold, by user, as last read from their leases.
+    elsewhere: std::collections::HashMap<Box<str>, u32>,
 }
 
 impl Quota {
     /// Counts one more allocation for `user`, unless a limit is reached.
     pub(super) fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> Result<(), Refusal> {
         let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let used = q.per_user.get(user).copied().unwrap_or(0);
+        let used = q.per_user.get(user).copied().unwrap_or(0) + q.elsewhere.get(user).copied().unwrap_or(0);
         if q.total >= max_total {
             return Err(Refusal::ServerQuota);
         }
@@ -172,6 +174,18 @@ impl Quota {
     /// Allocations held process-wide.
     pub fn total(&self) -> u32 {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    /// This node's allocations by user (what a cluster node publishes as its leases).
+    pub fn per_user(&self) -> Vec<(String, u32)> {
+        let q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        q.per_user.iter().map(|(u, n)| (u.to_string(), *n)).collect()
+    }
+
+    /// What other nodes hold, by user: counted against `max_allocations_per_user` with this
+    /// node's own. An empty map (a single node, or Redis out of reach) leaves local counts.
+    pub fn set_elsewhere(&self, elsewhere: std::collections::HashMap<Box<str>, u32>) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).elsewhere = elsewhere;
     }
 }
 
