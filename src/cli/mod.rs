@@ -75,11 +75,31 @@ pub enum Command {
     /// Diagnose from this host: the NAT it sits behind (RFC 5780, with stun:), or a TURN
     /// server end to end (with turn:). Needs no config.
     NatCheck(NatCheckArgs),
+    /// Relayed bytes, packets and allocation-seconds per account, by hour (needs [cluster]).
+    Usage {
+        /// Only this account: a user name, or the id of TURN REST credentials.
+        #[arg(long, value_name = "ACCOUNT")]
+        user: Option<String>,
+        /// From: a time ago ("24h", "7d"), a date ("2026-12-01", UTC), a date and time
+        /// ("2026-12-01T10:00", UTC) or Unix seconds.
+        #[arg(long, default_value = "24h", value_name = "T")]
+        since: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: UsageFormat,
+    },
     /// The cluster this node belongs to (needs [cluster]).
     Cluster {
         #[command(subcommand)]
         action: ClusterCommand,
     },
+}
+
+/// Output formats of `turnd usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageFormat {
+    Text,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,5 +258,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cluster {
             action: ClusterCommand::Status { json },
         } => cluster::status(&config, json),
+        Command::Usage { user, since, format } => cluster::usage(&config, user.as_deref(), &since, format),
     }
 }

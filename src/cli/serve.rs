@@ -62,6 +62,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         bandwidth_total: config.relay.bandwidth_total,
         max_tcp_connections: config.relay.max_tcp_connections,
         discovery: config.discovery().into_iter().map(|(_, quad)| quad).collect(),
+        account_usage: config.cluster.is_some(),
     }
 }
 
@@ -268,6 +269,14 @@ impl Signals {
     }
 }
 
+/// The DNS name clients use: `server_name`, else the certificate's first DNS name.
+fn config_server_name(config: &Config) -> Option<String> {
+    config.server_name.clone().or_else(|| {
+        let tls = config.tls.as_ref()?;
+        crate::net::tls::first_dns_name(&tls.certificate).ok().flatten()
+    })
+}
+
 /// Binds the metrics listener before the server reports ready, so a taken port is a start
 /// error.
 fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
@@ -399,6 +408,12 @@ pub fn serve(config: Config) -> ExitCode {
                 metrics: metrics.clone(),
                 health: health.clone(),
                 max_allocations: live.config.relay.max_allocations,
+                tls_port: server
+                    .bound()
+                    .iter()
+                    .find(|b| b.transport == crate::types::Transport::Tls)
+                    .map(|b| b.address.port()),
+                server_name: config_server_name(&live.config),
                 users: users_tx,
                 shards: shards.clone(),
             };
@@ -482,6 +497,15 @@ pub fn serve(config: Config) -> ExitCode {
     });
     tracing::info!(signal, "shutting down");
     super::notify::notify("STOPPING=1");
+    if let Some((config, store)) = &cluster {
+        // What open allocations used up to now goes to Redis before they end.
+        rt.block_on(async {
+            let usage = shards.take_usage(true).await;
+            if let Err(e) = crate::cluster::node::flush(store, &mut None, &usage, config.usage_retention).await {
+                tracing::warn!("cluster: the last usage could not be added: {e}");
+            }
+        });
+    }
     server.stop();
     if let Some((config, store)) = &cluster {
         rt.block_on(crate::cluster::node::leave(config, store));

@@ -14,9 +14,11 @@
 //! | `turnd:leases:NAME` | hash | user → allocations the node holds; expires after `lease_ttl` |
 //! | `turnd:commands` | channel | a [`command::Command`] for every node (sessions, disconnect) |
 //! | `turnd:answers:ID` | list | each node's [`command::Answer`] to command ID; kept 30 s |
+//! | `turnd:usage:HOUR:MEASURE` | hash | account → usage in that hour ([`usage`]) |
 
 pub mod command;
 pub mod node;
+pub mod usage;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -53,8 +55,46 @@ pub struct NodeState {
     /// Relayed bytes per second, both directions, over the last heartbeat.
     pub relay_bytes_per_s: u64,
     pub draining: bool,
+    /// The port of its TLS listener, where TLS clients are sent (same IPs as `advertise`).
+    #[serde(default)]
+    pub tls_port: Option<u16>,
+    /// Its DNS name (`server_name`, else its certificate's): ALTERNATE-DOMAIN for TLS.
+    #[serde(default)]
+    pub server_name: Option<String>,
     pub heartbeat_unix_ms: u64,
     pub version: String,
+}
+
+impl NodeState {
+    /// Whether a node may be sent new clients: live, not draining, below max_allocations.
+    pub fn takes_clients(&self) -> bool {
+        !self.draining && self.allocations < self.max_allocations && !self.advertise.is_empty()
+    }
+
+    /// Share of its allocation capacity in use: what "least loaded" compares.
+    pub fn load(&self) -> f64 {
+        f64::from(self.allocations) / f64::from(self.max_allocations.max(1))
+    }
+}
+
+/// The nodes new clients may be sent to, least loaded first, this node left out.
+pub fn alternates<'a>(live: impl Iterator<Item = &'a NodeState>, me: &str) -> Vec<crate::server::Alternate> {
+    let mut candidates: Vec<&NodeState> = live.filter(|s| s.node != me && s.takes_clients()).collect();
+    candidates.sort_by(|a, b| {
+        a.load()
+            .total_cmp(&b.load())
+            .then(a.relay_bytes_per_s.cmp(&b.relay_bytes_per_s))
+    });
+    candidates
+        .into_iter()
+        .flat_map(|s| {
+            s.advertise.iter().map(|a| crate::server::Alternate {
+                address: *a,
+                tls_port: s.tls_port,
+                domain: s.server_name.clone(),
+            })
+        })
+        .collect()
 }
 
 /// A Redis error, said the way an operator can act on it.

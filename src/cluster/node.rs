@@ -30,6 +30,9 @@ pub struct NodeContext {
     /// Its `draining` flag is what the heartbeat reports.
     pub health: Arc<crate::metrics::http::Health>,
     pub max_allocations: u32,
+    /// This node's TLS port and DNS name, published for redirects of TLS clients.
+    pub tls_port: Option<u16>,
+    pub server_name: Option<String>,
     /// Where the users read from Redis go (the serve loop merges them into the credentials).
     pub users: watch::Sender<Option<UserKeys>>,
     /// The shards, for commands from other nodes (sessions, disconnect).
@@ -70,6 +73,11 @@ pub async fn run(config: ClusterConfig, store: Store, cx: NodeContext) {
         forgot_leases: false,
         last_relayed: (Instant::now(), relayed),
     };
+    tokio::spawn(account(
+        Store::new(&node.config).ok(),
+        node.cx.shards.clone(),
+        node.config.usage_retention,
+    ));
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -122,8 +130,10 @@ impl Node {
                 );
             }
             Some(since) if !self.forgot_leases && now.duration_since(since) >= self.config.lease_ttl => {
-                // Other nodes' counts are older than their leases: count only our own.
+                // Other nodes' counts are older than their leases: count only our own, and
+                // send nobody to nodes that may be gone.
                 self.cx.shared.quota.set_elsewhere(HashMap::new());
+                self.cx.shared.set_alternates(Vec::new());
                 self.forgot_leases = true;
                 tracing::warn!(
                     "cluster: Redis unreachable for {}s; max_allocations_per_user now counts this node's allocations only",
@@ -167,6 +177,8 @@ impl Node {
             max_allocations: self.cx.max_allocations,
             relay_bytes_per_s: (relayed_now.wrapping_sub(before) as f64 / secs) as u64,
             draining: self.cx.health.draining.load(Ordering::Relaxed),
+            tls_port: self.cx.tls_port,
+            server_name: self.cx.server_name.clone(),
             heartbeat_unix_ms: now_ms,
             version: crate::metrics::VERSION.to_string(),
         };
@@ -202,6 +214,9 @@ impl Node {
         let live: Vec<&NodeState> = nodes.iter().filter_map(|(_, _, s)| s.as_ref()).collect();
         let draining = live.iter().filter(|s| s.draining).count();
         self.cx.metrics.set_cluster_nodes(live.len() - draining, draining);
+        self.cx
+            .shared
+            .set_alternates(super::alternates(live.iter().copied(), &me));
         let mut elsewhere: HashMap<Box<str>, u32> = HashMap::new();
         for s in live.iter().filter(|s| s.node != me) {
             let held: Vec<(String, u32)> = redis::cmd("HGETALL")
@@ -246,6 +261,48 @@ async fn listen(store: Option<Arc<Store>>, node: String, shards: crate::net::Sha
         }
         tokio::time::sleep(HEARTBEAT).await;
     }
+}
+
+/// Usage accounting: every second what ended allocations used, every [`usage::FLUSH_OPEN`]
+/// the open ones' progress, added to Redis. While Redis is away it is kept here and added
+/// when Redis is back (a crash loses what was not added yet).
+async fn account(store: Option<Store>, shards: crate::net::Shards, retention: Duration) {
+    let Some(store) = store else { return };
+    let mut pending: HashMap<String, crate::server::usage::Usage> = HashMap::new();
+    let mut tick = tokio::time::interval(super::usage::FLUSH_ENDED);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let every = (super::usage::FLUSH_OPEN.as_secs() / super::usage::FLUSH_ENDED.as_secs()).max(1);
+    let mut conn: Option<MultiplexedConnection> = None;
+    for n in 0u64.. {
+        tick.tick().await;
+        for (a, u) in shards.take_usage(n % every == 0).await {
+            pending.entry(a).or_default().add(&u);
+        }
+        if let Err(e) = flush(&store, &mut conn, &pending, retention).await {
+            conn = None;
+            tracing::debug!("cluster: usage not added yet ({} accounts kept): {e}", pending.len());
+            continue;
+        }
+        pending.clear();
+    }
+}
+
+/// Adds `pending` to Redis (nothing to do when it is empty).
+pub async fn flush(
+    store: &Store,
+    conn: &mut Option<MultiplexedConnection>,
+    pending: &HashMap<String, crate::server::usage::Usage>,
+    retention: Duration,
+) -> Result<(), ClusterError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut c = match conn {
+        Some(c) => c.clone(),
+        None => store.connect().await?,
+    };
+    *conn = Some(c.clone());
+    super::usage::add(store, &mut c, pending, unix_ms() / 1000, retention).await
 }
 
 /// On a clean stop: leave the cluster at once instead of when the leases expire.

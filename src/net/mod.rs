@@ -29,6 +29,9 @@ pub mod tls;
 
 use crate::config::{Config, Source};
 use crate::metrics::Metrics;
+use std::collections::HashMap;
+
+use crate::server::usage::Usage;
 use crate::server::{Engine, EngineConfig, Epoch, FiveTuple, Output, Shared, Transport};
 
 /// A socket that could not be bound.
@@ -165,6 +168,11 @@ pub(crate) enum ShardCommand {
         user: String,
         reply: oneshot::Sender<usize>,
     },
+    /// Usage since the last ask (with `open`, open allocations' progress too).
+    TakeUsage {
+        open: bool,
+        reply: oneshot::Sender<Vec<(String, Usage)>>,
+    },
 }
 
 /// A handle to every shard, for the admin socket and configuration reloads.
@@ -208,6 +216,21 @@ impl Shards {
             }
         }
         n
+    }
+
+    /// Usage by account since the last call, over every shard: ended allocations', and with
+    /// `open` the open ones' progress too.
+    pub async fn take_usage(&self, open: bool) -> HashMap<String, Usage> {
+        let mut all: HashMap<String, Usage> = HashMap::new();
+        for c in &self.commands {
+            let (reply, rx) = oneshot::channel();
+            if c.send(ShardCommand::TakeUsage { open, reply }).is_ok() {
+                for (account, u) in rx.await.unwrap_or_default() {
+                    all.entry(account).or_default().add(&u);
+                }
+            }
+        }
+        all
     }
 
     /// Applies a new engine configuration to new requests on every shard.
@@ -456,6 +479,9 @@ fn handle_command(shard: &shard::Shard, cmd: ShardCommand) {
             });
             shard.rearm(&mut engine);
             let _ = reply.send((out.get(..len).unwrap_or_default().to_vec(), peer));
+        }
+        ShardCommand::TakeUsage { open, reply } => {
+            let _ = reply.send(shard.engine.borrow_mut().take_usage(now, open));
         }
         ShardCommand::ConnectionClosed(cid) => shard.engine.borrow_mut().handle_connection_closed(cid),
         ShardCommand::Disconnect { user, reply } => {

@@ -299,6 +299,7 @@ impl<R: RelayIo> Engine<R> {
             channels: Default::default(),
             channel_by_peer: Default::default(),
             traffic: Traffic::default(),
+            billed: super::usage::start(now),
             reservation_token,
             dont_fragment,
             bandwidth: super::Bucket::new(),

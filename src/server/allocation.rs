@@ -77,6 +77,8 @@ pub struct Allocation<S> {
     pub channels: HashMap<ChannelNumber, Channel>,
     pub channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
     pub traffic: Traffic,
+    /// The traffic and the time up to which usage has been accounted.
+    pub(crate) billed: (Traffic, Instant),
     /// The RESERVATION-TOKEN this allocation's Allocate answer carried (EVEN-PORT with R),
     /// repeated if the request is retransmitted.
     pub reservation_token: Option<[u8; 8]>,
@@ -302,6 +304,11 @@ impl<S> Table<S> {
         self.by_tuple.len()
     }
 
+    /// Every allocation, to change each (usage accounting).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Allocation<S>> {
+        self.slots.iter_mut().filter_map(|s| s.allocation.as_mut())
+    }
+
     /// Every allocation, for listings.
     pub fn iter(&self) -> impl Iterator<Item = (AllocationId, &Allocation<S>)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
@@ -348,6 +355,7 @@ mod tests {
             channels: HashMap::new(),
             channel_by_peer: HashMap::new(),
             traffic: Traffic::default(),
+            billed: (Traffic::default(), created),
             bandwidth: super::super::Bucket::new(),
             scheduled: None,
         }

@@ -28,6 +28,7 @@ mod tcp_relay;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testclient;
 mod turn;
+pub mod usage;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -93,6 +94,8 @@ pub struct EngineConfig {
     /// NAT behaviour discovery (RFC 5780): the four local addresses of each discovery
     /// listener. Empty, CHANGE-REQUEST, RESPONSE-PORT and PADDING get 420 as unknown.
     pub discovery: Vec<AddressQuad>,
+    /// Keep usage by account for [`Engine::take_usage`] (a cluster node bills from it).
+    pub account_usage: bool,
 }
 
 impl Default for EngineConfig {
@@ -116,6 +119,7 @@ impl Default for EngineConfig {
             bandwidth_total: 0,
             max_tcp_connections: 32,
             discovery: Vec::new(),
+            account_usage: false,
         }
     }
 }
@@ -127,6 +131,20 @@ pub struct Shared {
     pub quota: Quota,
     /// Ports reserved by EVEN-PORT with R, which an Allocate on any shard may claim.
     pub reservations: allocate::PortReservations,
+    /// Other nodes of a cluster that can take new allocations, best first: where a draining
+    /// or full node sends an Allocate (300, ALTERNATE-SERVER). Empty on a single node.
+    alternates: RwLock<Vec<Alternate>>,
+}
+
+/// Another node that can take new allocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alternate {
+    /// Where UDP and TCP clients go.
+    pub address: SocketAddr,
+    /// Where TLS clients go (the same IP), if it serves TLS.
+    pub tls_port: Option<u16>,
+    /// Its DNS name, for ALTERNATE-DOMAIN (TLS).
+    pub domain: Option<String>,
 }
 
 impl Shared {
@@ -136,6 +154,7 @@ impl Shared {
             nonce_key,
             quota: Quota::default(),
             reservations: Default::default(),
+            alternates: RwLock::default(),
         }
     }
 
@@ -153,6 +172,25 @@ impl Shared {
     /// Replaces the credential source; requests already being handled keep the old one.
     pub fn set_credentials(&self, c: Arc<dyn CredentialSource>) {
         *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// Replaces the nodes a refused Allocate may be sent to (best first).
+    pub fn set_alternates(&self, a: Vec<Alternate>) {
+        *self.alternates.write().unwrap_or_else(|e| e.into_inner()) = a;
+    }
+
+    /// Where to send a client on `tuple`: the best other node of the client's family (with a
+    /// TLS port, for a TLS client), and its name for ALTERNATE-DOMAIN.
+    pub(crate) fn alternate(&self, tuple: &FiveTuple) -> Option<(SocketAddr, Option<String>)> {
+        let all = self.alternates.read().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .filter(|a| a.address.is_ipv4() == tuple.client.is_ipv4())
+            .find_map(|a| match tuple.transport {
+                Transport::Tls => a
+                    .tls_port
+                    .map(|p| (SocketAddr::new(a.address.ip(), p), a.domain.clone())),
+                _ => Some((a.address, None)),
+            })
     }
 }
 
@@ -295,6 +333,8 @@ pub struct Engine<R: RelayIo> {
     shards: u32,
     /// Whether the reply being built carries integrity (set by authenticated requests).
     signed_reply: bool,
+    /// What ended allocations used, until [`Engine::take_usage`] hands it out.
+    ended_usage: usage::Ledger,
 }
 
 impl<R: RelayIo> Engine<R> {
@@ -324,6 +364,7 @@ impl<R: RelayIo> Engine<R> {
             shard_bandwidth: Bucket::new(),
             shards: 1,
             signed_reply: false,
+            ended_usage: Default::default(),
         }
     }
 
@@ -570,7 +611,8 @@ impl<R: RelayIo> Engine<R> {
         // that what they carried is in the allocation's totals).
         self.tcp_listeners.remove(&id);
         self.drop_connections_of(id);
-        let Some(a) = self.table.remove(id) else { return };
+        let Some(mut a) = self.table.remove(id) else { return };
+        self.bill_ended(&mut a, now);
         let m = &self.stats;
         self.shared.quota.release(&a.username);
         let lived = now.saturating_duration_since(a.created);

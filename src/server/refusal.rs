@@ -68,6 +68,8 @@ refusals! {
     WrongCredentials => WRONG_CREDENTIALS, "credentials differ from the allocation's", None;
     /// LIFETIME that is not four bytes.
     MalformedLifetime => BAD_REQUEST, "malformed LIFETIME", None;
+    /// Draining or full, and another node of the cluster can serve: 300 with ALTERNATE-SERVER.
+    TryAlternate => TRY_ALTERNATE, "sent to another node of the cluster (this one is draining or full)", None;
     /// SIGTERM: new allocations are refused while open ones drain.
     Draining => INSUFFICIENT_CAPACITY, "draining: the server is shutting down", None;
     /// RESERVATION-TOKEN together with EVEN-PORT or REQUESTED-ADDRESS-FAMILY.

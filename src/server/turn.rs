@@ -135,9 +135,29 @@ impl<R: RelayIo> Engine<R> {
                 })
             }
             Err(refusal) => {
+                // A draining or full node of a cluster sends new allocations to another
+                // (RFC 8656 §7.2, RFC 8489 §10); only to a node that can serve, never to itself.
+                let alternate = match refusal {
+                    Refusal::Draining | Refusal::ServerQuota => self.shared.alternate(tuple),
+                    _ => None,
+                };
+                let refusal = if alternate.is_some() {
+                    Refusal::TryAlternate
+                } else {
+                    refusal
+                };
                 self.log_refusal(now, tuple, method, user, refusal);
                 let typ = MessageType::new(msg.method(), Class::Error);
-                self.respond(msg, typ, out, key, |w| w.error_code(refusal.code()))
+                self.respond(msg, typ, out, key, |w| {
+                    w.error_code(refusal.code())?;
+                    if let Some((address, domain)) = &alternate {
+                        w.plain_address(AttrType::ALTERNATE_SERVER, *address)?;
+                        if let Some(d) = domain {
+                            w.attr(AttrType::ALTERNATE_DOMAIN, d.as_bytes())?;
+                        }
+                    }
+                    Ok(())
+                })
             }
         };
         match (len, joined) {
