@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH="${1:-20}"
 export RUSTC_BOOTSTRAP=1
-targets=(stun_message stream_framing engine config)
+targets=(stun_message stream_framing engine config proxy_header)
 cargo fuzz build -O
 logdir="$(mktemp -d)"
 for t in "${targets[@]}"; do

@@ -117,6 +117,9 @@ pub struct Listener {
     pub max_connections_per_ip: usize,
     /// A TCP connection on which no complete message arrives for this long is closed.
     pub idle_timeout: Duration,
+    /// TCP/TLS connections start with a PROXY protocol header (v1 or v2) naming the client;
+    /// present only from the load balancers in `proxy_from`, whose connections must carry one.
+    pub proxy_from: Option<Vec<IpNet>>,
 }
 
 impl Listener {

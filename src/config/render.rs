@@ -70,12 +70,16 @@ impl Serialize for Listener {
         .into_iter()
         .filter_map(|(on, p)| on.then_some(p))
         .collect();
-        let mut m = s.serialize_struct("Listener", 5)?;
+        let mut m = s.serialize_struct("Listener", 7)?;
         m.serialize_field("address", &self.address.to_string())?;
         m.serialize_field("protocols", &protocols)?;
         m.serialize_field("max_connections", &self.max_connections)?;
         m.serialize_field("max_connections_per_ip", &self.max_connections_per_ip)?;
         m.serialize_field("idle_timeout", &format_duration(self.idle_timeout))?;
+        if let Some(from) = &self.proxy_from {
+            m.serialize_field("proxy_protocol", &true)?;
+            m.serialize_field("proxy_from", &from.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        }
         m.end()
     }
 }

@@ -162,6 +162,10 @@ pub(super) struct RawListen {
     pub(super) max_connections_per_ip: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) proxy_protocol: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) proxy_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]

@@ -125,17 +125,7 @@ impl Config {
         let auth = validate_auth(&cx, raw.auth.unwrap_or_default())?;
         let mut peers_allow = Vec::new();
         for item in raw.peers.unwrap_or_default().allow.unwrap_or_default() {
-            let v = item.get_ref();
-            let net = v
-                .parse::<IpNet>()
-                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    cx.err(
-                        item.span(),
-                        format!("invalid CIDR {v:?} in peers.allow: expected e.g. \"127.0.0.0/8\" or \"::1\""),
-                    )
-                })?;
-            peers_allow.push(net.trunc());
+            peers_allow.push(cidr(&cx, &item, "peers.allow")?);
         }
 
         let metrics_listen = match raw.metrics.unwrap_or_default().listen {
@@ -226,6 +216,21 @@ impl Config {
             log,
         })
     }
+}
+
+/// A CIDR, or a lone address as its /32 or /128.
+fn cidr(cx: &Ctx<'_>, item: &Spanned<String>, key: &str) -> Result<IpNet, ConfigError> {
+    let v = item.get_ref();
+    let net = v
+        .parse::<IpNet>()
+        .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            cx.err(
+                item.span(),
+                format!("invalid CIDR {v:?} in {key}: expected e.g. \"127.0.0.0/8\" or \"::1\""),
+            )
+        })?;
+    Ok(net.trunc())
 }
 
 /// A duration, `default` when absent, and no shorter than `min`.
@@ -735,6 +740,39 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
         Duration::from_secs(1),
         "idle_timeout",
     )?;
+    let proxy_from = match (raw.proxy_protocol, raw.proxy_from) {
+        (None, None) => None,
+        (Some(on), from) if !*on.get_ref() => match from {
+            Some(f) => return Err(cx.err(f.span(), "proxy_from is set but proxy_protocol is false")),
+            None => None,
+        },
+        (None, Some(f)) => return Err(cx.err(f.span(), "proxy_from needs proxy_protocol = true")),
+        (Some(on), from) => {
+            if !tcp && !tls {
+                return Err(cx.err(
+                    on.span(),
+                    "proxy_protocol applies to \"tcp\" and \"tls\" listeners, not to UDP",
+                ));
+            }
+            let Some(from) = from.filter(|f| !f.get_ref().is_empty()) else {
+                return Err(cx.err(
+                    on.span(),
+                    "proxy_protocol needs proxy_from: the CIDRs of the load balancers allowed to name clients",
+                ));
+            };
+            let mut nets = Vec::new();
+            for item in from.into_inner() {
+                nets.push(cidr(cx, &item, "proxy_from")?);
+            }
+            Some(nets)
+        }
+    };
+    if proxy_from.is_some() && udp {
+        return Err(cx.err(
+            raw.address.span(),
+            "a listener with proxy_protocol serves only \"tcp\" or \"tls\": give UDP a [[listen]] of its own",
+        ));
+    }
     Ok(Listener {
         address,
         udp,
@@ -743,5 +781,6 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
         max_connections,
         max_connections_per_ip,
         idle_timeout,
+        proxy_from,
     })
 }

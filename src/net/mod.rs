@@ -60,6 +60,8 @@ pub(crate) struct TcpSettings {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Open connections per client IP, across shards.
     pub per_ip: Arc<PerIp>,
+    /// With the PROXY protocol: the load balancers that may (and must) name the client.
+    pub proxy_from: Option<Arc<Vec<ipnet::IpNet>>>,
 }
 
 /// Counts connections per client IP for one listener. Taken only at accept and close, never
@@ -308,6 +310,7 @@ impl Server {
                         idle_timeout: l.idle_timeout,
                         tls,
                         per_ip: PerIp::new(l.max_connections_per_ip),
+                        proxy_from: l.proxy_from.clone().map(Arc::new),
                     };
                     let (bind, local) = (socket::bind_tcp, std::net::TcpListener::local_addr);
                     let all = bind_per_shard(l.address, (name, true), (shards, reuse_port), bind, local)?;

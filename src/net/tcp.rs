@@ -7,14 +7,16 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::egress::TcpOut;
 use super::shard::Shard;
 use super::TcpSettings;
-use crate::proto::framing;
+use crate::proto::{framing, proxy};
 use crate::proto::{Class, Message, Method, TurnAttributes};
 use crate::server::stats::DropReason;
 use crate::server::{ConnectionId, FiveTuple, Output, Transport};
@@ -37,43 +39,14 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
             _ = stop.wait_for(|s| *s) => return,
         };
         match accepted {
-            Ok((stream, peer)) => match (
-                settings.connections.clone().try_acquire_owned(),
-                settings.per_ip.acquire(peer.ip()),
-            ) {
-                (Ok(permit), Some(slot)) => {
-                    let permit = (permit, slot);
+            Ok((stream, peer)) => match settings.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
                     let _ = stream.set_nodelay(true);
                     let server = stream.local_addr().unwrap_or(local);
-                    let idle = settings.idle_timeout;
-                    match settings.tls.clone() {
-                        None => {
-                            let tuple = FiveTuple {
-                                transport: Transport::Tcp,
-                                client: peer,
-                                server,
-                            };
-                            tokio::task::spawn_local(connection(stream, tuple, idle, shard.clone(), permit));
-                        }
-                        Some(acceptor) => {
-                            let tuple = FiveTuple {
-                                transport: Transport::Tls,
-                                client: peer,
-                                server,
-                            };
-                            let shard = shard.clone();
-                            tokio::task::spawn_local(async move {
-                                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                    Ok(Ok(tls)) => connection(tls, tuple, idle, shard, permit).await,
-                                    Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-                                    Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
-                                }
-                            });
-                        }
-                    }
+                    tokio::task::spawn_local(accept(stream, peer, server, permit, settings.clone(), shard.clone()));
                 }
-                _ => {
-                    // Over the listener's or this IP's cap: closed at once, and counted.
+                Err(_) => {
+                    // Over the listener's cap: closed at once, and counted.
                     shard.engine.borrow().stats().connections_refused.inc();
                     drop(stream);
                 }
@@ -82,6 +55,96 @@ pub async fn serve(listener: TcpListener, settings: TcpSettings, shard: Rc<Shard
                 tracing::warn!(address = %local, error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
+        }
+    }
+}
+
+/// One accepted connection: the PROXY header if the listener wants one, the per-IP cap on
+/// the client it names, the TLS handshake, then the connection itself.
+async fn accept(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    server: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    settings: TcpSettings,
+    shard: Rc<Shard>,
+) {
+    let (mut client, mut server) = (peer, server);
+    if let Some(from) = &settings.proxy_from {
+        if !from.iter().any(|n| n.contains(&peer.ip())) {
+            tracing::debug!(client = %peer, "PROXY protocol listener: connection from outside proxy_from closed");
+            shard.engine.borrow().stats().connections_refused.inc();
+            return;
+        }
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, proxy_header(&mut stream)).await {
+            Ok(Ok(proxy::Header::Proxied { source, destination })) => {
+                client = source;
+                server = destination;
+            }
+            Ok(Ok(proxy::Header::Local)) => {}
+            Ok(Err(why)) => {
+                tracing::debug!(load_balancer = %peer, why, "PROXY protocol header refused; connection closed");
+                shard.engine.borrow().stats().connections_refused.inc();
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(load_balancer = %peer, "no PROXY protocol header in time; connection closed");
+                shard.engine.borrow().stats().connections_refused.inc();
+                return;
+            }
+        }
+    }
+    let Some(slot) = settings.per_ip.acquire(client.ip()) else {
+        // Over this IP's cap: closed at once, and counted.
+        shard.engine.borrow().stats().connections_refused.inc();
+        return;
+    };
+    let permit = (permit, slot);
+    let idle = settings.idle_timeout;
+    let Some(acceptor) = settings.tls.clone() else {
+        let tuple = FiveTuple {
+            transport: Transport::Tcp,
+            client,
+            server,
+        };
+        return connection(stream, tuple, idle, shard, permit).await;
+    };
+    let tuple = FiveTuple {
+        transport: Transport::Tls,
+        client,
+        server,
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => connection(tls, tuple, idle, shard, permit).await,
+        Ok(Err(e)) => tracing::debug!(client = %client, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %client, "TLS handshake timed out"),
+    }
+}
+
+/// Reads the PROXY protocol header and nothing after it: the header is found by peeking,
+/// then exactly its bytes are consumed, so what follows (STUN, or a TLS ClientHello) is
+/// still in the socket for whoever reads next.
+async fn proxy_header(stream: &mut TcpStream) -> Result<proxy::Header, &'static str> {
+    let mut buf = [0u8; proxy::V2_MAX];
+    let mut seen = 0;
+    loop {
+        let n = stream.peek(&mut buf).await.map_err(|_| "read error")?;
+        if n == 0 {
+            return Err("closed before the header");
+        }
+        let got = buf.get(..n).unwrap_or_default();
+        match proxy::parse(got) {
+            proxy::Parsed::Done(header, len) => {
+                let mut header_bytes = vec![0u8; len];
+                stream.read_exact(&mut header_bytes).await.map_err(|_| "read error")?;
+                return Ok(header);
+            }
+            proxy::Parsed::Invalid(why) => return Err(why),
+            proxy::Parsed::Incomplete if n == seen => {
+                // Nothing new since the last peek: wait a little for the rest of the header.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            proxy::Parsed::Incomplete => seen = n,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error_code;
 pub mod framing;
 pub mod integrity;
 pub mod message;
+pub mod proxy;
 pub mod request;
 pub mod writer;
 
