@@ -34,6 +34,9 @@ pub struct Response {
     pub integrity: bool,
     pub integrity_sha256: bool,
     pub transaction_id: Option<TransactionId>,
+    /// ALTERNATE-SERVER and ALTERNATE-DOMAIN of a 300.
+    pub alternate: Option<SocketAddr>,
+    pub alternate_domain: Option<String>,
 }
 
 impl TestClient {
@@ -166,6 +169,10 @@ impl TestClient {
                 AttrType::XOR_RELAYED_ADDRESS => r.relayed.extend(decode_xor_address(a.value, &tid).ok()),
                 AttrType::XOR_MAPPED_ADDRESS => r.mapped = decode_xor_address(a.value, &tid).ok(),
                 AttrType::LIFETIME => r.lifetime = crate::proto::attr::decode_u32(a.value).ok(),
+                AttrType::ALTERNATE_SERVER => r.alternate = crate::proto::attr::decode_address(a.value).ok(),
+                AttrType::ALTERNATE_DOMAIN => {
+                    r.alternate_domain = std::str::from_utf8(a.value).ok().map(str::to_string)
+                }
                 AttrType::NONCE => self.nonce = a.value.to_vec(),
                 AttrType::REALM => {
                     if let Ok(s) = std::str::from_utf8(a.value) {

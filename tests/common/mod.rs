@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod redis;
 pub mod uclient;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,469 @@
+//! The cluster on a real Redis: three turnd nodes on 127.0.0.2, 127.0.0.3 and 127.0.0.4
+//! sharing one `redis-server`. Users added through one node allocate on another, quotas hold
+//! across nodes, sessions, disconnect and usage span the cluster, draining or full nodes send
+//! clients elsewhere (300), and Redis restarting, stopping or missing at start never stops a
+//! node from serving.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::redis::{free_port, Redis};
+
+const _: fn() -> u16 = free_port;
+use common::{Turnd, BIN};
+use turnd::server::testclient::{Response, TestClient};
+
+const REALM: &str = "test.turnd";
+
+struct Node {
+    t: Turnd,
+    name: String,
+    /// UDP and TCP on this address; advertised to the others.
+    addr: SocketAddr,
+}
+
+impl Node {
+    /// A node on `ip` named `name`, `extra` going in at the top of its config and `relay`
+    /// into its [relay] section.
+    fn start(name: &str, ip: [u8; 4], redis: &str, extra: &str, relay: &str) -> Node {
+        Self::start_with(name, ip, redis, extra, relay, "")
+    }
+
+    /// The same, with `cluster` in its [cluster] section too.
+    fn start_with(name: &str, ip: [u8; 4], redis: &str, extra: &str, relay: &str, cluster: &str) -> Node {
+        let port = free_port_on(ip);
+        let addr = SocketAddr::from((ip, port));
+        let config = format!(
+            r#"realm = "{REALM}"
+{extra}
+[[listen]]
+address = "{addr}"
+protocols = ["udp", "tcp"]
+
+[relay]
+addresses = ["{ip}"]
+{relay}
+
+[auth]
+secrets = ["rest-secret"]
+
+[peers]
+allow = ["127.0.0.0/8"]
+
+[metrics]
+listen = "{ip}:0"
+
+[cluster]
+redis = "{redis}"
+node = "{name}"
+advertise = ["{addr}"]
+lease_ttl = "3s"
+{cluster}
+"#,
+            ip = std::net::Ipv4Addr::from(ip)
+        );
+        Node {
+            t: Turnd::start(&config),
+            name: name.to_string(),
+            addr,
+        }
+    }
+
+    /// Runs `turnd ARGS` with this node's config; returns (exit code, stdout, stderr).
+    fn cli(&self, args: &[&str], stdin: &str) -> (i32, String, String) {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.t.config_path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        let http = self.t.http.expect("metrics listener");
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        text
+    }
+}
+
+/// A port free for UDP and TCP on `ip` right now.
+fn free_port_on(ip: [u8; 4]) -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+        let port = t.local_addr().unwrap().port();
+        if UdpSocket::bind(SocketAddr::from((ip, port))).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A TURN client on UDP with its own socket.
+struct Client {
+    s: UdpSocket,
+    c: TestClient,
+    server: SocketAddr,
+}
+
+impl Client {
+    fn new(server: SocketAddr, user: &str, password: &str) -> Client {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        Client {
+            s,
+            c: TestClient::new(user, REALM, password),
+            server,
+        }
+    }
+
+    fn exchange(&mut self, req: &[u8]) -> Response {
+        self.s.send_to(req, self.server).unwrap();
+        let mut buf = [0u8; 1500];
+        match self.s.recv_from(&mut buf) {
+            Ok((n, _)) => self.c.read(&buf[..n]),
+            Err(_) => Response::default(),
+        }
+    }
+
+    /// Allocate, answering the 401 challenge first if there is one.
+    fn allocate(&mut self) -> Response {
+        let req = self.c.allocate();
+        let r = self.exchange(&req);
+        if matches!(r.error, Some(401) | Some(438)) {
+            let req = self.c.allocate();
+            return self.exchange(&req);
+        }
+        r
+    }
+
+    fn release(&mut self) -> Response {
+        let req = self.c.refresh(0);
+        self.exchange(&req)
+    }
+}
+
+/// Retries `f` every 100 ms until it returns Some or `within` passes.
+fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn three(redis: &Redis, relay: &str) -> [Node; 3] {
+    let url = redis.url();
+    [
+        Node::start("node-a", [127, 0, 0, 2], &url, "", relay),
+        Node::start("node-b", [127, 0, 0, 3], &url, "", relay),
+        Node::start("node-c", [127, 0, 0, 4], &url, "", relay),
+    ]
+}
+
+fn add_user(node: &Node, name: &str, password: &str) {
+    let (code, _, err) = node.cli(&["user", "add", name, "--password-stdin"], &format!("{password}\n"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("cluster"), "{err}");
+}
+
+#[test]
+fn users_added_on_one_node_allocate_on_another_within_two_seconds_and_removed_ones_are_refused_everywhere() {
+    let redis = Redis::start();
+    let [a, b, c] = three(&redis, "");
+    add_user(&a, "alice", "wonderland");
+    let added = Instant::now();
+    let r = eventually(Duration::from_secs(3), || {
+        let r = Client::new(c.addr, "alice", "wonderland").allocate();
+        (r.relayed.len() == 1).then_some(r)
+    })
+    .expect("alice never allocated on node C");
+    assert!(added.elapsed() < Duration::from_secs(2), "took {:?}", added.elapsed());
+    assert_eq!(r.relayed[0].ip(), c.addr.ip());
+    // Keys only: Redis holds no password.
+    let stored = redis.cli(&["HGETALL", "turnd:users"]);
+    assert!(stored.contains("alice") && !stored.contains("wonderland"), "{stored}");
+    // `turnd user list` through another node shows the cluster's user.
+    let (_, listed, _) = b.cli(&["user", "list"], "");
+    assert!(listed.contains("alice\ttest.turnd\tcluster"), "{listed}");
+
+    let (code, _, err) = b.cli(&["user", "remove", "alice"], "");
+    assert_eq!(code, 0, "{err}");
+    let removed = Instant::now();
+    for node in [&a, &b, &c] {
+        eventually(Duration::from_secs(3), || {
+            let r = Client::new(node.addr, "alice", "wonderland").allocate();
+            (r.error == Some(401)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("alice still allocates on {}", node.name));
+    }
+    assert!(
+        removed.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        removed.elapsed()
+    );
+}
+
+#[test]
+fn the_per_user_quota_holds_across_nodes_and_a_killed_node_releases_its_share_within_its_lease() {
+    let redis = Redis::start();
+    let [a, b, c] = three(&redis, "max_allocations_per_user = 2");
+    add_user(&a, "bob", "builder");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut on_a = Client::new(a.addr, "bob", "builder");
+    let mut on_b = Client::new(b.addr, "bob", "builder");
+    assert_eq!(on_a.allocate().relayed.len(), 1);
+    assert_eq!(on_b.allocate().relayed.len(), 1);
+    // Leases travel with the next heartbeats (one a second on each node).
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = Client::new(c.addr, "bob", "builder").allocate();
+    assert_eq!(r.error, Some(486), "node C let bob past his cluster-wide quota: {r:?}");
+
+    // kill -9 node B: its lease expires (lease_ttl = 3s), and C counts only A's.
+    let killed = Instant::now();
+    drop(b);
+    let mut on_c = Client::new(c.addr, "bob", "builder");
+    eventually(Duration::from_secs(8), || {
+        (on_c.allocate().relayed.len() == 1).then_some(())
+    })
+    .expect("node B's lease never expired");
+    let released = killed.elapsed();
+    // The lease TTL, plus one heartbeat of each node, plus this loop's step.
+    assert!(released < Duration::from_secs(6), "released after {released:?}");
+    let status = eventually(Duration::from_secs(3), || {
+        let (_, out, _) = c.cli(&["cluster", "status"], "");
+        out.lines()
+            .any(|l| l.starts_with("node-b") && l.contains("dead"))
+            .then_some(out)
+    })
+    .expect("cluster status never showed node-b dead");
+    assert!(
+        status.lines().any(|l| l.starts_with("node-a") && l.contains(" live ")),
+        "{status}"
+    );
+    drop(on_a);
+}
+
+#[test]
+fn sessions_and_disconnect_span_every_node() {
+    let redis = Redis::start();
+    let nodes = three(&redis, "");
+    add_user(&nodes[0], "alice", "wonderland");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut clients: Vec<Client> = nodes
+        .iter()
+        .map(|n| {
+            let mut c = Client::new(n.addr, "alice", "wonderland");
+            assert_eq!(c.allocate().relayed.len(), 1, "on {}", n.name);
+            c
+        })
+        .collect();
+    let (code, out, err) = nodes[1].cli(&["sessions"], "");
+    assert_eq!(code, 0, "{err}");
+    for n in &nodes {
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with(&n.name) && l.contains("alice"))
+                .count(),
+            1,
+            "{out}"
+        );
+    }
+    assert!(err.contains("3 allocation(s)"), "{err}");
+    let (_, local, err) = nodes[1].cli(&["sessions", "--local"], "");
+    assert!(err.contains("1 allocation(s)"), "{local}{err}");
+    let (code, out, err) = nodes[2].cli(&["disconnect", "alice"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ended 3 allocation(s) of \"alice\" on 3 node(s)"), "{out}");
+    let (_, _, err) = nodes[0].cli(&["sessions"], "");
+    assert!(err.contains("0 allocation(s)"), "{err}");
+    // The allocations are gone, not just unlisted: a Refresh gets 437.
+    for c in &mut clients {
+        let r = c.release();
+        assert_eq!(r.error, Some(437), "{r:?}");
+    }
+}
+
+/// Relays `n` Send indications of `size` bytes to `peer`, and has the peer send `back`
+/// packets of `back_size` to the relayed address; returns what the peer received.
+fn traffic(
+    c: &mut Client,
+    relayed: SocketAddr,
+    peer: &UdpSocket,
+    n: usize,
+    size: usize,
+    back: usize,
+    back_size: usize,
+) -> usize {
+    let peer_addr = peer.local_addr().unwrap();
+    let req = c.c.create_permission(&[peer_addr]);
+    assert_eq!(c.exchange(&req).class, Some(turnd::proto::Class::Success));
+    for _ in 0..n {
+        let m = c.c.send(peer_addr, &vec![7u8; size]);
+        c.s.send_to(&m, c.server).unwrap();
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    while got < n {
+        match peer.recv_from(&mut buf) {
+            Ok((len, _)) if len == size => got += 1,
+            _ => break,
+        }
+    }
+    for _ in 0..back {
+        peer.send_to(&vec![9u8; back_size], relayed).unwrap();
+    }
+    // The Data indications arrive at the client.
+    let mut seen = 0;
+    while seen < back {
+        match c.s.recv_from(&mut buf) {
+            Ok(_) => seen += 1,
+            Err(_) => break,
+        }
+    }
+    assert_eq!(seen, back);
+    got
+}
+
+#[test]
+fn usage_adds_up_what_every_node_relayed_by_account() {
+    let redis = Redis::start();
+    let nodes = three(&redis, "");
+    add_user(&nodes[0], "carol", "secret");
+    std::thread::sleep(Duration::from_millis(500));
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A TURN REST credential bills to its id, "dave".
+    let rest_user = "4000000000:dave";
+    let rest_password = turnd::auth::RestSecrets::password(b"rest-secret", rest_user);
+    let started = Instant::now();
+    for (i, n) in nodes.iter().enumerate() {
+        for (user, password) in [("carol", "secret"), (rest_user, rest_password.as_str())] {
+            let mut c = Client::new(n.addr, user, password);
+            let r = c.allocate();
+            assert_eq!(r.relayed.len(), 1, "{user} on {}: {r:?}", n.name);
+            let got = traffic(&mut c, r.relayed[0], &peer, 10 + i, 100, 5, 50);
+            assert_eq!(got, 10 + i);
+            c.release();
+        }
+    }
+    let held_at_most = started.elapsed().as_secs_f64();
+    // Ended allocations are added within a second.
+    let read = |account: &str| -> Option<serde_json::Value> {
+        let (code, out, err) = nodes[1].cli(&["usage", "--user", account, "--format", "json"], "");
+        assert_eq!(code, 0, "{err}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let sum = |k: &str| rows.iter().map(|r| r[k].as_f64().unwrap_or(0.0)).sum::<f64>();
+        // 10 + 11 + 12 Send indications of 100 bytes, 3 x 5 Data of 50 bytes.
+        (sum("to_peer_packets") == 33.0 && sum("to_client_packets") == 15.0).then(|| {
+            serde_json::json!({
+                "to_peer_bytes": sum("to_peer_bytes"),
+                "to_client_bytes": sum("to_client_bytes"),
+                "allocation_seconds": sum("allocation_seconds"),
+                "accounts": rows.iter().map(|r| r["account"].clone()).collect::<Vec<_>>(),
+            })
+        })
+    };
+    for account in ["carol", "dave"] {
+        let totals = eventually(Duration::from_secs(3), || read(account))
+            .unwrap_or_else(|| panic!("usage of {account} never added up"));
+        assert_eq!(totals["to_peer_bytes"], 3300.0, "{totals}");
+        assert_eq!(totals["to_client_bytes"], 750.0, "{totals}");
+        let secs = totals["allocation_seconds"].as_f64().unwrap();
+        assert!(secs > 0.0 && secs <= held_at_most * 3.0, "{secs} of {held_at_most}");
+        assert!(
+            totals["accounts"].as_array().unwrap().iter().all(|a| a == account),
+            "{totals}"
+        );
+    }
+    let (_, csv, _) = nodes[0].cli(&["usage", "--format", "csv"], "");
+    assert!(csv.starts_with("hour,account,to_peer_bytes"), "{csv}");
+    assert!(csv.lines().any(|l| l.contains(",dave,")), "{csv}");
+}
+
+#[test]
+fn a_draining_or_full_node_sends_new_allocations_to_a_live_node_that_can_serve() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = Node::start(
+        "node-a",
+        [127, 0, 0, 2],
+        &url,
+        "shutdown_grace = \"30s\"",
+        "max_allocations = 1",
+    );
+    let b = Node::start("node-b", [127, 0, 0, 3], &url, "", "max_allocations = 1");
+    add_user(&a, "alice", "wonderland");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut first = Client::new(a.addr, "alice", "wonderland");
+    assert_eq!(first.allocate().relayed.len(), 1);
+    // Full: the next Allocate is sent to B, signed, with B's advertised address.
+    let r = eventually(Duration::from_secs(3), || {
+        let r = Client::new(a.addr, "alice", "wonderland").allocate();
+        (r.error == Some(300)).then_some(r)
+    })
+    .expect("node A never redirected");
+    assert_eq!(r.alternate, Some(b.addr), "{r:?}");
+    assert!(r.integrity, "the 300 is signed: {r:?}");
+    assert_eq!(r.alternate_domain, None, "no ALTERNATE-DOMAIN over UDP");
+    // B can serve: the redirected client is served there, not sent on.
+    let mut second = Client::new(b.addr, "alice", "wonderland");
+    assert_eq!(second.allocate().relayed.len(), 1);
+    // Both full: nobody to send to, so no redirect (no loop), the quota's 486.
+    std::thread::sleep(Duration::from_millis(2500));
+    for n in [&a, &b] {
+        let r = Client::new(n.addr, "alice", "wonderland").allocate();
+        assert_eq!((r.error, r.alternate), (Some(486), None), "{}: {r:?}", n.name);
+    }
+    // B frees its slot; A, full, sends to B again.
+    second.release();
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = Client::new(a.addr, "alice", "wonderland").allocate();
+    assert_eq!((r.error, r.alternate), (Some(300), Some(b.addr)), "{r:?}");
+    // A draining node (SIGTERM, with an allocation left) sends to B too.
+    first.release();
+    let mut keep = Client::new(a.addr, "alice", "wonderland");
+    assert_eq!(keep.allocate().relayed.len(), 1);
+    let _ = Command::new("kill").args(["-TERM", &a.t.pid().to_string()]).status();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = Client::new(a.addr, "alice", "wonderland").allocate();
+    assert_eq!((r.error, r.alternate), (Some(300), Some(b.addr)), "{r:?}");
+    // B sees A draining in the cluster's status and metrics.
+    let seen = eventually(Duration::from_secs(3), || {
+        let m = b.metrics();
+        m.contains("turnd_cluster_nodes{state=\"draining\"} 1").then_some(m)
+    });
+    assert!(seen.is_some(), "{}", b.metrics());
+    let (_, status, _) = b.cli(&["cluster", "status"], "");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("node-a") && l.contains("draining")),
+        "{status}"
+    );
+    // Dead nodes are never a target: with B gone, A refuses with 508 (draining) instead.
+    drop(b);
+    std::thread::sleep(Duration::from_millis(4500));
+    let r = Client::new(a.addr, "alice", "wonderland").allocate();
+    assert_eq!((r.error, r.alternate), (Some(508), None), "{r:?}");
+}
