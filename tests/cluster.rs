@@ -12,8 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::{free_port, Redis};
-
-const _: fn() -> u16 = free_port;
 use common::{Turnd, BIN};
 use turnd::server::testclient::{Response, TestClient};
 
@@ -466,4 +464,210 @@ fn a_draining_or_full_node_sends_new_allocations_to_a_live_node_that_can_serve()
     std::thread::sleep(Duration::from_millis(4500));
     let r = Client::new(a.addr, "alice", "wonderland").allocate();
     assert_eq!((r.error, r.alternate), (Some(508), None), "{r:?}");
+}
+
+/// Sends a ChannelData packet every 5 ms for `run` through `c`'s channel to `peer`, and
+/// returns (sent, received at the peer).
+fn steady_stream(c: &mut Client, peer: &UdpSocket, run: Duration, during: impl FnOnce() + Send) -> (usize, usize) {
+    let peer_addr = peer.local_addr().unwrap();
+    let req = c.c.channel_bind(0x4000, peer_addr);
+    assert_eq!(c.exchange(&req).class, Some(turnd::proto::Class::Success));
+    peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let receiver = peer.try_clone().unwrap();
+    let counted = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let mut n = 0;
+        while receiver.recv_from(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    });
+    let (sock, server) = (c.s.try_clone().unwrap(), c.server);
+    let sender = std::thread::spawn(move || {
+        let end = Instant::now() + run;
+        let mut sent = 0;
+        // Bounded in count and in time.
+        while Instant::now() < end && sent < 10_000 {
+            sock.send_to(&TestClient::channel_data(0x4000, b"steady", false), server)
+                .unwrap();
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sent
+    });
+    during();
+    let sent = sender.join().unwrap();
+    (sent, counted.join().unwrap())
+}
+
+#[test]
+fn relaying_and_stun_go_on_while_redis_restarts_or_stops_and_nodes_catch_up_after() {
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let a = Node::start("node-a", [127, 0, 0, 2], &url, "", "");
+    let b = Node::start("node-b", [127, 0, 0, 3], &url, "", "");
+    add_user(&a, "alice", "wonderland");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = Client::new(a.addr, "alice", "wonderland");
+    assert_eq!(c.allocate().relayed.len(), 1);
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+
+    // Redis restarts under relay traffic: not a packet lost.
+    let (sent, received) = steady_stream(&mut c, &peer, Duration::from_secs(3), || {
+        std::thread::sleep(Duration::from_millis(800));
+        redis.restart();
+    });
+    assert!(sent > 100, "{sent}");
+    assert_eq!(received, sent, "packets lost while Redis restarted");
+    // Every node converges: a user added now allocates on B, and both heartbeats are back.
+    add_user(&a, "erin", "restarted");
+    eventually(Duration::from_secs(4), || {
+        (Client::new(b.addr, "erin", "restarted").allocate().relayed.len() == 1).then_some(())
+    })
+    .expect("node B never caught up after the restart");
+    let status = eventually(Duration::from_secs(3), || {
+        let (_, out, _) = b.cli(&["cluster", "status"], "");
+        (out.matches(" live ").count() == 2).then_some(out)
+    });
+    assert!(status.is_some(), "nodes did not both come back");
+
+    // Redis stopped (SIGSTOP) for 5 s: relaying, STUN and allocations for known users go on.
+    redis.pause();
+    let paused = Instant::now();
+    let (sent, received) = steady_stream(&mut c, &peer, Duration::from_secs(2), || {
+        let stun = common::client_for(a.addr);
+        stun.send_to(&common::binding_request([5; 12]), a.addr).unwrap();
+        let mut buf = [0u8; 128];
+        assert!(
+            stun.recv_from(&mut buf).is_ok(),
+            "no STUN answer while Redis is stopped"
+        );
+        let started = Instant::now();
+        let r = Client::new(b.addr, "alice", "wonderland").allocate();
+        assert_eq!(r.relayed.len(), 1, "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "an Allocate waited on Redis"
+        );
+    });
+    assert_eq!(received, sent, "packets lost while Redis was stopped");
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(paused.elapsed()));
+    redis.resume();
+    // They catch up: a user added after the pause allocates on both.
+    add_user(&b, "frank", "after");
+    for n in [&a, &b] {
+        eventually(Duration::from_secs(4), || {
+            (Client::new(n.addr, "frank", "after").allocate().relayed.len() == 1).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{} never caught up after SIGSTOP", n.name));
+    }
+    let log: Vec<String> = a.t.log.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("Redis answers again")),
+        "no recovery line: {log:#?}"
+    );
+}
+
+#[test]
+fn a_node_starts_and_serves_without_redis_then_joins_when_redis_appears() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let a = Node::start("node-a", [127, 0, 0, 2], &url, "", "");
+    // Serving STUN at once.
+    let stun = common::client_for(a.addr);
+    stun.send_to(&common::binding_request([6; 12]), a.addr).unwrap();
+    let mut buf = [0u8; 128];
+    assert!(stun.recv_from(&mut buf).is_ok());
+    // One clear line, not one per retry.
+    std::thread::sleep(Duration::from_millis(2500));
+    let log: Vec<String> = a.t.log.try_iter().collect();
+    let errors: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("ERROR") && l.contains("cluster"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{log:#?}");
+    assert!(
+        errors[0].contains(&format!("127.0.0.1:{port}")) && errors[0].contains("retrying"),
+        "{}",
+        errors[0]
+    );
+    // The CLI says what is wrong, and fails.
+    let (code, _, err) = a.cli(&["user", "add", "gina", "--password-stdin"], "pw\n");
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+
+    let redis = redis_on(port);
+    add_user(&a, "gina", "late");
+    eventually(Duration::from_secs(4), || {
+        (Client::new(a.addr, "gina", "late").allocate().relayed.len() == 1).then_some(())
+    })
+    .expect("the node never joined once Redis was up");
+    drop(redis);
+}
+
+/// A Redis on a given port (the tests above pick theirs).
+fn redis_on(port: u16) -> Redis {
+    // Redis::start picks a free port; bind this one instead through a restart of the same
+    // kind of server.
+    let mut r = Redis::start();
+    r.move_to(port);
+    r
+}
+
+#[test]
+fn redis_with_a_password_and_over_tls() {
+    let redis = Redis::with_password("s3cret pass");
+    let a = Node::start("node-a", [127, 0, 0, 2], &redis.url(), "", "");
+    add_user(&a, "hana", "pw");
+    eventually(Duration::from_secs(3), || {
+        (Client::new(a.addr, "hana", "pw").allocate().relayed.len() == 1).then_some(())
+    })
+    .expect("no allocation with a password-protected Redis");
+    // The password never shows: not in check-config, not in the log.
+    let (_, shown, _) = a.cli(&["check-config"], "");
+    assert!(
+        shown.contains("redis://:<redacted>@127.0.0.1") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    let log: Vec<String> = a.t.log.try_iter().collect();
+    assert!(log.iter().all(|l| !l.contains("s3cret")), "{log:#?}");
+    // A wrong password is an error that says so.
+    let wrong = redis.url().replace("s3cret pass", "wrong");
+    let cfg = std::fs::read_to_string(&a.t.config_path)
+        .unwrap()
+        .replace(&redis.url(), &wrong);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrong.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["cluster", "status"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("Password authentication failed"), "{err}");
+
+    let tls = Redis::with_tls();
+    let ca = tls.ca.clone().unwrap();
+    let b = Node::start_with(
+        "node-b",
+        [127, 0, 0, 3],
+        &tls.url(),
+        "",
+        "",
+        &format!("tls_ca = \"{}\"", ca.display()),
+    );
+    assert!(tls.url().starts_with("rediss://"));
+    add_user(&b, "ivan", "tls");
+    eventually(Duration::from_secs(3), || {
+        (Client::new(b.addr, "ivan", "tls").allocate().relayed.len() == 1).then_some(())
+    })
+    .expect("no allocation with Redis over TLS");
+    let (_, status, _) = b.cli(&["cluster", "status"], "");
+    assert!(
+        status.lines().any(|l| l.starts_with("node-b") && l.contains(" live ")),
+        "{status}"
+    );
 }

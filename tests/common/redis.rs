@@ -138,6 +138,19 @@ impl Redis {
         }
     }
 
+    /// Restarts it on `port` instead.
+    pub fn move_to(&mut self, port: u16) {
+        self.stop();
+        let old = self.port.to_string();
+        for a in self.args.iter_mut() {
+            if *a == old {
+                *a = port.to_string();
+            }
+        }
+        self.port = port;
+        self.run();
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.run();
