@@ -1770,3 +1770,144 @@ fn a_permitted_peer_is_announced_and_closed_if_not_bound_within_30_s() {
         (0, 0)
     );
 }
+
+#[test]
+fn other_nodes_allocations_count_against_the_per_user_quota() {
+    let mut cfg = config();
+    cfg.max_allocations_per_user = 3;
+    let mut w = World::new(cfg);
+    // The cluster says alice holds two allocations on other nodes.
+    w.shared
+        .quota
+        .set_elsewhere([("alice".into(), 2)].into_iter().collect());
+    success(&w.allocate(&mut alice(), &tuple(5000)));
+    assert_eq!(w.allocate(&mut alice(), &tuple(5001)).error, Some(486));
+    // Bob holds nothing elsewhere.
+    success(&w.allocate(&mut TestClient::new("bob", REALM, "builder"), &tuple(6000)));
+    // Those leases expire (or Redis is unreachable): local counts only.
+    w.shared.quota.set_elsewhere(Default::default());
+    success(&w.allocate(&mut alice(), &tuple(5002)));
+    assert_eq!(
+        w.shared.quota.per_user().into_iter().find(|(u, _)| u == "alice"),
+        Some(("alice".to_string(), 2))
+    );
+}
+
+#[test]
+fn a_full_or_draining_engine_names_an_alternate_of_the_clients_family_and_transport() {
+    let mut cfg = config();
+    cfg.max_allocations = 1;
+    let mut w = World::new(cfg.clone());
+    success(&w.allocate(&mut alice(), &tuple(5000)));
+    // No alternates (a single node): the quota's 486.
+    assert_eq!(w.allocate(&mut alice(), &tuple(5001)).error, Some(486));
+    let v6: SocketAddr = "[2001:db8::7]:3478".parse().unwrap();
+    let v4: SocketAddr = "198.18.0.7:3478".parse().unwrap();
+    w.shared.set_alternates(vec![
+        turnd::server::Alternate {
+            address: v6,
+            tls_port: Some(5349),
+            domain: Some("turn-b.example.org".into()),
+        },
+        turnd::server::Alternate {
+            address: v4,
+            tls_port: Some(5349),
+            domain: Some("turn-b.example.org".into()),
+        },
+    ]);
+    // An IPv4 client over UDP: the IPv4 address, no domain; signed like any answer after
+    // authentication.
+    let r = w.allocate(&mut alice(), &tuple(5002));
+    assert_eq!(
+        (r.error, r.alternate, r.alternate_domain.as_deref()),
+        (Some(300), Some(v4), None)
+    );
+    assert!(r.integrity);
+    // Over TLS: the TLS port and ALTERNATE-DOMAIN, for the certificate check.
+    let tls = FiveTuple {
+        transport: Transport::Tls,
+        ..tuple(5003)
+    };
+    let r = w.allocate(&mut alice(), &tls);
+    assert_eq!(
+        (r.error, r.alternate, r.alternate_domain.as_deref()),
+        (
+            Some(300),
+            Some("198.18.0.7:5349".parse().unwrap()),
+            Some("turn-b.example.org")
+        )
+    );
+    // An alternate without TLS is no target for a TLS client.
+    w.shared.set_alternates(vec![turnd::server::Alternate {
+        address: v4,
+        tls_port: None,
+        domain: None,
+    }]);
+    let tls = FiveTuple {
+        transport: Transport::Tls,
+        ..tuple(5004)
+    };
+    assert_eq!(w.allocate(&mut alice(), &tls).error, Some(486));
+    // Other refusals are never redirected: a wrong password is 401 whatever the cluster.
+    let r = w.allocate(&mut TestClient::new("alice", REALM, "wrong"), &tuple(5005));
+    assert_eq!((r.error, r.alternate), (Some(401), None));
+    // Draining, with room: redirected too.
+    let mut draining = cfg;
+    draining.max_allocations = 100;
+    draining.draining = true;
+    w.engine.set_config(Arc::new(draining));
+    let r = w.allocate(&mut alice(), &tuple(5006));
+    assert_eq!((r.error, r.alternate), (Some(300), Some(v4)));
+}
+
+#[test]
+fn usage_is_handed_out_by_account_once() {
+    let mut cfg = config();
+    cfg.account_usage = true;
+    let mut w = World::new(cfg);
+    let mut a = alice();
+    success(&w.allocate(&mut a, &tuple(5000)));
+    w.ask(&mut a, &tuple(5000), |c| c.create_permission(&[peer(9000)]));
+    for _ in 0..3 {
+        let m = a.send(peer(9000), &[1u8; 40]);
+        w.send(&tuple(5000), &m);
+    }
+    let token = w.token(&tuple(5000));
+    w.peer_sends(token, peer(9000), &[2u8; 10]);
+    w.at(Duration::from_secs(5));
+    let now = w.now;
+    let first = w.engine.take_usage(now, true);
+    assert_eq!(first.len(), 1);
+    let (account, u) = &first[0];
+    assert_eq!(account, "alice");
+    assert_eq!(
+        (
+            u.to_peer_packets,
+            u.to_peer_bytes,
+            u.to_client_packets,
+            u.to_client_bytes
+        ),
+        (3, 120, 1, 10)
+    );
+    assert_eq!(u.allocation_ms, 5000);
+    // Nothing twice: the next batch has only what came after.
+    assert!(w.engine.take_usage(now, true).is_empty());
+    // A REST credential bills to its id; an ended allocation's rest comes with the next batch
+    // even when open ones are not asked for.
+    let user = "1900000000:zed";
+    let pw = turnd::auth::RestSecrets::password(b"rest-secret", user);
+    let mut z = TestClient::new(user, REALM, &pw);
+    success(&w.allocate(&mut z, &tuple(5001)));
+    w.at(Duration::from_secs(7));
+    w.ask(&mut z, &tuple(5001), |c| c.refresh(0));
+    let now = w.now;
+    let ended = w.engine.take_usage(now, false);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!((ended[0].0.as_str(), ended[0].1.allocation_ms), ("zed", 2000));
+    // Off (a single node): nothing is kept.
+    let mut off = World::new(config());
+    success(&off.allocate(&mut alice(), &tuple(5000)));
+    off.at(Duration::from_secs(3));
+    let now = off.now;
+    assert!(off.engine.take_usage(now, true).is_empty());
+}

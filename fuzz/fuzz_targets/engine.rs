@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         software: None,
         // NAT behaviour discovery on the listener every client talks to.
         discovery: vec![quad],
+        account_usage: true,
         ..EngineConfig::default()
     };
     let relay = MemoryRelay::default();
@@ -71,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
         let t = tuples[i];
         let c = &mut clients[i];
         let peer = peers[usize::from((arg >> 2) & 1)];
-        let packet: Vec<u8> = match op % 19 {
+        let packet: Vec<u8> = match op % 20 {
             0 => c.allocate(),
             1 => c.refresh(u32::from(arg >> 3) * 60),
             2 => c.create_permission(&[peer]),
@@ -171,6 +172,15 @@ fuzz_target!(|data: &[u8]| {
                 let id = engine.connections().map(|(id, _)| *id).nth(usize::from(arg));
                 if let Some(id) = id {
                     engine.handle_connection_closed(id);
+                }
+                Vec::new()
+            }
+            18 => {
+                // Usage for billing: never more allocation time than has passed per allocation.
+                let open = engine.allocations().count() as u64;
+                let elapsed = now.saturating_duration_since(start).as_millis() as u64;
+                for (_, u) in engine.take_usage(now, arg & 1 == 0) {
+                    assert!(u.allocation_ms <= elapsed * (open + 8));
                 }
                 Vec::new()
             }
