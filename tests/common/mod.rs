@@ -4,6 +4,7 @@
 
 pub mod lab;
 pub mod redis;
+pub mod tls;
 pub mod uclient;
 
 use std::io::{BufRead, BufReader};
