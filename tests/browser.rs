@@ -6,32 +6,8 @@ mod common;
 
 use std::process::Command;
 
+use common::browser::chromium;
 use common::{turn_config, Turnd};
-
-fn chromium(ice_server: serde_json::Value, messages: u32) -> serde_json::Value {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-    assert!(
-        std::path::Path::new(dir).join("node_modules/playwright-core").exists(),
-        "playwright-core missing: run `bash .ci/deps` (npm ci in tests/browser)"
-    );
-    let out = Command::new("timeout")
-        .args([
-            "90",
-            "node",
-            "relay.mjs",
-            &ice_server.to_string(),
-            &messages.to_string(),
-        ])
-        .current_dir(dir)
-        .output()
-        .expect("node missing");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
-}
 
 fn relay_through(transport: &str) {
     let t = Turnd::start(&turn_config("threads = 2"));

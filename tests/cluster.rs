@@ -671,3 +671,121 @@ fn redis_with_a_password_and_over_tls() {
         "{status}"
     );
 }
+
+#[test]
+fn chromium_sent_from_a_full_node_relays_through_the_alternate() {
+    // Chromium refuses redirects to loopback addresses (crbug.com/649118), so this cluster
+    // lives in a namespace of its own, on 198.18.0.2 and 198.18.0.3, with Redis on the
+    // namespace's loopback.
+    let mut lab = common::lab::Lab::new();
+    let ns = lab.netns("cluster");
+    ns.sh("ip link add d0 type veth peer name d1 && ip addr add 198.18.0.2/24 dev d0 && ip addr add 198.18.0.3/24 dev d0 && ip link set d0 up && ip link set d1 up");
+    let redis = Redis::start_in_netns(&ns.name);
+    let node = |name: &str, ip: &str, relay: &str| -> Turnd {
+        Turnd::start_in_netns(
+            &ns.name,
+            &format!(
+                r#"realm = "{REALM}"
+[[listen]]
+address = "{ip}:3478"
+protocols = ["udp"]
+[relay]
+addresses = ["{ip}"]
+{relay}
+[peers]
+allow = ["198.18.0.0/15"]
+[cluster]
+redis = "{}"
+node = "{name}"
+advertise = ["{ip}:3478"]
+"#,
+                redis.url()
+            ),
+        )
+    };
+    let a = node("node-a", "198.18.0.2", "max_allocations = 1");
+    let b = node("node-b", "198.18.0.3", "");
+    let out = ns
+        .cmd(BIN)
+        .arg("--config")
+        .arg(&a.config_path)
+        .args(["user", "add", "alice", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"wonderland\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    // Fill A from inside the namespace, and let the heartbeats tell each node the other's load.
+    let a_addr: SocketAddr = "198.18.0.2:3478".parse().unwrap();
+    let filled = ns.enter(|| {
+        let mut c = Client::new(a_addr, "alice", "wonderland");
+        c.s = UdpSocket::bind("198.18.0.2:0").unwrap();
+        c.s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.allocate().relayed.len()
+    });
+    assert_eq!(filled, 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    let ice = serde_json::json!({
+        "urls": format!("turn:{a_addr}?transport=udp"),
+        "username": "alice",
+        "credential": "wonderland",
+    });
+    let r = common::browser::chromium_in(Some(&ns.name), ice, 5);
+    let logs = || -> String {
+        [("node-a", &a), ("node-b", &b)]
+            .iter()
+            .map(|(n, t)| format!("{n}:\n{}\n", t.log.try_iter().collect::<Vec<_>>().join("\n")))
+            .collect()
+    };
+    assert_eq!(r["ok"], true, "{r}\n{}", logs());
+    assert_eq!(r["pair"]["localType"], "relay", "{r}");
+    // The relay candidate Chromium used is B's: it followed ALTERNATE-SERVER.
+    assert_eq!(r["pair"]["address"], "198.18.0.3", "{r}");
+    for c in r["relayCandidates"]["a"].as_array().unwrap() {
+        assert!(c.as_str().unwrap().contains(" 198.18.0.3 "), "{r}");
+    }
+    drop((a, b, redis));
+}
+
+#[test]
+fn coturn_uclient_stops_at_a_300_it_does_not_follow() {
+    // coturn's turnutils_uclient (4.6.1) does not follow ALTERNATE-SERVER: it reports the
+    // 300 and gives up. This records that, so a newer client that follows it shows up here.
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = Node::start("node-a", [127, 0, 0, 2], &url, "", "max_allocations = 1");
+    let _b = Node::start("node-b", [127, 0, 0, 3], &url, "", "");
+    add_user(&a, "alice", "wonderland");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut filler = Client::new(a.addr, "alice", "wonderland");
+    assert_eq!(filler.allocate().relayed.len(), 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    let port = a.addr.port().to_string();
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "turnutils_uclient",
+            "-y",
+            "-c",
+            "-n",
+            "1",
+            "-m",
+            "1",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+        ])
+        .args(["-p", &port, "127.0.0.2"])
+        .output()
+        .expect("turnutils_uclient (Debian's coturn package)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("300"), "{text}");
+    assert!(!out.status.success() || text.contains("error 300"), "{text}");
+    drop(filler);
+}

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `turnd:users` | hash | `["realm","name"]` → `md5hex:sha256hex`: long-term keys, never passwords |
 //! | `turnd:users:version` | string | bumped by every change to `turnd:users` |
+//! | `turnd:nonce_key` | string | the nonce key every node uses (hex), made by the first node |
 //! | `turnd:events` | channel | `users` when the users changed |
 //! | `turnd:nodes` | sorted set | node name → its last heartbeat (unix ms) |
 //! | `turnd:node:NAME` | string | the node's [`NodeState`] as JSON; expires after `lease_ttl` |
@@ -31,6 +32,7 @@ pub const USERS_VERSION: &str = "turnd:users:version";
 pub const EVENTS: &str = "turnd:events";
 pub const NODES: &str = "turnd:nodes";
 pub const COMMANDS: &str = "turnd:commands";
+pub const NONCE_KEY: &str = "turnd:nonce_key";
 
 pub fn node_key(node: &str) -> String {
     format!("turnd:node:{node}")
@@ -188,6 +190,31 @@ impl Store {
     fn timeout(&self) -> ClusterError {
         ClusterError::Timeout { url: self.url.clone() }
     }
+}
+
+/// The cluster's nonce key: the one in Redis, or a new random one that this node puts
+/// there first.
+pub async fn nonce_key(
+    store: &Store,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<crate::auth::NonceKey, ClusterError> {
+    let mut mine = [0u8; 32];
+    getrandom::fill(&mut mine).map_err(|e| ClusterError::Data(e.to_string()))?;
+    let hex = crate::auth::users_file::hex(&mine);
+    let (key,): (String,) = redis::pipe()
+        .atomic()
+        .cmd("SET")
+        .arg(NONCE_KEY)
+        .arg(&hex)
+        .arg("NX")
+        .ignore()
+        .get(NONCE_KEY)
+        .query_async(conn)
+        .await
+        .map_err(|e| store.err(e))?;
+    crate::auth::users_file::unhex::<32>(&key)
+        .map(crate::auth::NonceKey::from_bytes)
+        .ok_or_else(|| ClusterError::Data(format!("{NONCE_KEY} in Redis is not 64 hex digits")))
 }
 
 /// Milliseconds since the Unix epoch.

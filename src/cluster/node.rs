@@ -50,6 +50,8 @@ struct Node {
     down_since: Option<Instant>,
     /// Other nodes' leases are forgotten once (local counts only).
     forgot_leases: bool,
+    /// The cluster's nonce key is in force.
+    shared_nonce_key: bool,
     last_relayed: (Instant, u64),
 }
 
@@ -71,6 +73,7 @@ pub async fn run(config: ClusterConfig, store: Store, cx: NodeContext) {
         users_version: None,
         down_since: None,
         forgot_leases: false,
+        shared_nonce_key: false,
         last_relayed: (Instant::now(), relayed),
     };
     tokio::spawn(account(
@@ -209,6 +212,10 @@ impl Node {
         p.query_async::<()>(conn).await.map_err(|e| self.store.err(e))?;
 
         self.sync_users(conn).await?;
+        if !self.shared_nonce_key {
+            self.cx.shared.set_nonce_key(super::nonce_key(&self.store, conn).await?);
+            self.shared_nonce_key = true;
+        }
 
         let nodes = super::nodes(&self.store, conn).await?;
         let live: Vec<&NodeState> = nodes.iter().filter_map(|(_, _, s)| s.as_ref()).collect();

@@ -57,7 +57,7 @@ impl<R: RelayIo> Engine<R> {
             return Err(Reject::BadRequest);
         };
         let unix_now = self.clock.unix_secs(now);
-        match self.shared.nonce_key.check(nonce, unix_now, tuple) {
+        match self.shared.nonce_key().check(nonce, unix_now, tuple) {
             crate::auth::NonceCheck::Valid => {}
             crate::auth::NonceCheck::Expired => return Err(Reject::StaleNonce(AuthFailure::stale_nonce)),
             crate::auth::NonceCheck::Invalid => return Err(Reject::StaleNonce(AuthFailure::invalid_nonce)),
@@ -136,7 +136,7 @@ impl<R: RelayIo> Engine<R> {
         }
         let expiry = self.clock.unix_secs(now) + self.config.nonce_lifetime.as_secs();
         let offer = self.config.password_algorithms;
-        let (nonce, nonce_len): ([u8; NONCE_LEN], usize) = self.shared.nonce_key.issue(expiry, tuple, offer);
+        let (nonce, nonce_len): ([u8; NONCE_LEN], usize) = self.shared.nonce_key().issue(expiry, tuple, offer);
         let typ = MessageType::new(msg.method(), Class::Error);
         let realm = self.config.realm.clone();
         // A challenge goes to anyone, so it is as small as the protocol allows: no reason

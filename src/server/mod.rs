@@ -127,7 +127,9 @@ impl Default for EngineConfig {
 /// State shared by every shard's engine.
 pub struct Shared {
     credentials: RwLock<Arc<dyn CredentialSource>>,
-    pub nonce_key: NonceKey,
+    /// The key nonces are made and checked with; a cluster's nodes share one, so that a
+    /// client sent to another node (300) keeps its nonce.
+    nonce_key: RwLock<NonceKey>,
     pub quota: Quota,
     /// Ports reserved by EVEN-PORT with R, which an Allocate on any shard may claim.
     pub reservations: allocate::PortReservations,
@@ -151,7 +153,7 @@ impl Shared {
     pub fn new(credentials: Arc<dyn CredentialSource>, nonce_key: NonceKey) -> Self {
         Shared {
             credentials: RwLock::new(credentials),
-            nonce_key,
+            nonce_key: RwLock::new(nonce_key),
             quota: Quota::default(),
             reservations: Default::default(),
             alternates: RwLock::default(),
@@ -172,6 +174,17 @@ impl Shared {
     /// Replaces the credential source; requests already being handled keep the old one.
     pub fn set_credentials(&self, c: Arc<dyn CredentialSource>) {
         *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// The nonce key in force.
+    pub(crate) fn nonce_key(&self) -> NonceKey {
+        self.nonce_key.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the nonce key (the cluster's shared one); nonces made with the old key get
+    /// 438 and a fresh nonce.
+    pub fn set_nonce_key(&self, k: NonceKey) {
+        *self.nonce_key.write().unwrap_or_else(|e| e.into_inner()) = k;
     }
 
     /// Replaces the nodes a refused Allocate may be sent to (best first).

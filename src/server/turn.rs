@@ -148,13 +148,24 @@ impl<R: RelayIo> Engine<R> {
                 };
                 self.log_refusal(now, tuple, method, user, refusal);
                 let typ = MessageType::new(msg.method(), Class::Error);
+                // With the redirect, REALM and a fresh NONCE: the cluster shares its nonce
+                // key, and clients (browsers among them) take these to the alternate, which
+                // then accepts their next Allocate as it is.
+                let expiry = self.clock.unix_secs(now) + self.config.nonce_lifetime.as_secs();
+                let offer = self.config.password_algorithms;
+                let fresh = alternate
+                    .as_ref()
+                    .map(|_| self.shared.nonce_key().issue(expiry, tuple, offer));
+                let realm = self.config.realm.clone();
                 self.respond(msg, typ, out, key, |w| {
                     w.error_code(refusal.code())?;
-                    if let Some((address, domain)) = &alternate {
+                    if let (Some((address, domain)), Some((nonce, nonce_len))) = (&alternate, &fresh) {
                         w.plain_address(AttrType::ALTERNATE_SERVER, *address)?;
                         if let Some(d) = domain {
                             w.attr(AttrType::ALTERNATE_DOMAIN, d.as_bytes())?;
                         }
+                        w.attr(AttrType::REALM, realm.as_bytes())?;
+                        w.attr(AttrType::NONCE, nonce.get(..*nonce_len).unwrap_or_default())?;
                     }
                     Ok(())
                 })

@@ -74,7 +74,7 @@ try {
       if (s.type === 'transport' && s.selectedCandidatePairId) {
         const selected = stats.get(s.selectedCandidatePairId);
         const local = selected && stats.get(selected.localCandidateId);
-        pair = { localType: local?.candidateType, relayProtocol: local?.relayProtocol };
+        pair = { localType: local?.candidateType, relayProtocol: local?.relayProtocol, address: local?.address, port: local?.port };
       }
     });
     a.close(); b.close();

@@ -2,6 +2,7 @@
 //! bound from its "listening" log lines (so tests never race for a free port).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod lab;
 pub mod redis;
 pub mod tls;

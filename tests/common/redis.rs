@@ -15,6 +15,8 @@ pub struct Redis {
     /// With TLS: the CA file that signed the server's certificate.
     pub ca: Option<PathBuf>,
     password: Option<String>,
+    /// The network namespace it runs in, if not this process's.
+    netns: Option<String>,
 }
 
 /// A port free on 127.0.0.1 right now.
@@ -25,6 +27,14 @@ pub fn free_port() -> u16 {
 impl Redis {
     pub fn start() -> Redis {
         Self::launch(None, false)
+    }
+
+    /// In the network namespace `ns` (on its loopback).
+    pub fn start_in_netns(ns: &str) -> Redis {
+        let mut r = Self::prepare(None, false);
+        r.netns = Some(ns.to_string());
+        r.run();
+        r
     }
 
     /// With `requirepass`.
@@ -38,6 +48,12 @@ impl Redis {
     }
 
     fn launch(password: Option<&str>, tls: bool) -> Redis {
+        let mut r = Self::prepare(password, tls);
+        r.run();
+        r
+    }
+
+    fn prepare(password: Option<&str>, tls: bool) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut args: Vec<String> = [
@@ -86,20 +102,27 @@ impl Redis {
         } else {
             args.extend(["--port".into(), port.to_string()]);
         }
-        let mut r = Redis {
+        Redis {
             child: None,
             port,
             dir,
             args,
             ca,
             password: password.map(str::to_string),
-        };
-        r.run();
-        r
+            netns: None,
+        }
     }
 
     fn run(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "redis-server"]);
+                c
+            }
+            None => Command::new("redis-server"),
+        };
+        let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -112,6 +135,13 @@ impl Redis {
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
+        if self.netns.is_some() {
+            while self.cli(&["PING"]).trim() != "PONG" {
+                assert!(Instant::now() < deadline, "redis-server did not start: {}", self.log());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start: {}", self.log());
@@ -173,7 +203,14 @@ impl Redis {
 
     /// Runs `redis-cli` against it and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new("redis-cli");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "redis-cli"]);
+                c
+            }
+            None => Command::new("redis-cli"),
+        };
         cmd.args(["-p", &self.port.to_string()]);
         if let Some(p) = &self.password {
             cmd.args(["-a", p, "--no-auth-warning"]);
