@@ -753,39 +753,83 @@ advertise = ["{ip}:3478"]
 }
 
 #[test]
-fn coturn_uclient_stops_at_a_300_it_does_not_follow() {
-    // coturn's turnutils_uclient (4.6.1) does not follow ALTERNATE-SERVER: it reports the
-    // 300 and gives up. This records that, so a newer client that follows it shows up here.
+fn coturn_uclient_follows_a_300_to_the_alternate() {
+    // coturn's turnutils_uclient (4.6.1) sends a first "probe" Allocate; on a 300 it takes
+    // ALTERNATE-SERVER as its server for the rest of the run. Its channel numbers need
+    // legacy_channel_numbers.
     let redis = Redis::start();
     let url = redis.url();
-    let a = Node::start("node-a", [127, 0, 0, 2], &url, "", "max_allocations = 1");
-    let _b = Node::start("node-b", [127, 0, 0, 3], &url, "", "");
+    let legacy = "legacy_channel_numbers = true";
+    let a = Node::start(
+        "node-a",
+        [127, 0, 0, 2],
+        &url,
+        "",
+        &format!("{legacy}\nmax_allocations = 1"),
+    );
+    let b = Node::start("node-b", [127, 0, 0, 3], &url, "", legacy);
     add_user(&a, "alice", "wonderland");
     std::thread::sleep(Duration::from_millis(500));
     let mut filler = Client::new(a.addr, "alice", "wonderland");
     assert_eq!(filler.allocate().relayed.len(), 1);
     std::thread::sleep(Duration::from_millis(2500));
     let port = a.addr.port().to_string();
-    let out = Command::new("timeout")
-        .args([
-            "20",
-            "turnutils_uclient",
-            "-y",
-            "-c",
-            "-n",
-            "1",
-            "-m",
-            "1",
-            "-u",
-            "alice",
-            "-w",
-            "wonderland",
-        ])
-        .args(["-p", &port, "127.0.0.2"])
-        .output()
-        .expect("turnutils_uclient (Debian's coturn package)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("300"), "{text}");
-    assert!(!out.status.success() || text.contains("error 300"), "{text}");
+    let totals = common::uclient::run(&[
+        "-y",
+        "-c",
+        "-n",
+        "10",
+        "-m",
+        "1",
+        "-l",
+        "100",
+        "-u",
+        "alice",
+        "-w",
+        "wonderland",
+        "-p",
+        &port,
+        "127.0.0.2",
+    ]);
+    assert!(totals.text.contains("error 300 (Try Alternate)"), "{}", totals.text);
+    assert_eq!(
+        (totals.sent, totals.received, totals.lost),
+        (20, 20, 0),
+        "{}",
+        totals.text
+    );
+    // Its allocations are on B; A holds only the filler.
+    let created = |n: &Node| n.t.log.try_iter().filter(|l| l.contains("allocation created")).count();
+    assert_eq!(created(&a), 1);
+    assert!(created(&b) >= 2, "the client's allocations were not made on B");
     drop(filler);
+}
+
+#[test]
+fn a_crashed_node_loses_at_most_the_last_ten_seconds_of_usage() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = Node::start("node-a", [127, 0, 0, 2], &url, "", "");
+    add_user(&a, "kim", "pw");
+    std::thread::sleep(Duration::from_millis(500));
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut c = Client::new(a.addr, "kim", "pw");
+    let r = c.allocate();
+    assert_eq!(r.relayed.len(), 1);
+    assert_eq!(traffic(&mut c, r.relayed[0], &peer, 20, 100, 0, 0), 20);
+    // Open allocations are added at least every 10 s.
+    std::thread::sleep(Duration::from_millis(10_500));
+    // Then more, and kill -9 before the next addition.
+    assert_eq!(traffic(&mut c, r.relayed[0], &peer, 7, 100, 0, 0), 7);
+    let b = Node::start("node-b", [127, 0, 0, 3], &url, "", "");
+    drop(a);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, out, err) = b.cli(&["usage", "--user", "kim", "--format", "json"], "");
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let packets: f64 = rows.iter().map(|r| r["to_peer_packets"].as_f64().unwrap()).sum();
+    let secs: f64 = rows.iter().map(|r| r["allocation_seconds"].as_f64().unwrap()).sum();
+    // Everything up to the last addition is there; what came after it is the loss.
+    assert_eq!(packets, 20.0, "{out}");
+    assert!((7.0..=11.0).contains(&secs), "{secs} allocation-seconds: {out}");
 }
