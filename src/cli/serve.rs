@@ -210,6 +210,9 @@ impl Live {
         if new.tls.is_some() != self.config.tls.is_some() {
             restart.push("tls");
         }
+        if new.cluster != self.config.cluster {
+            restart.push("cluster");
+        }
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "config reloaded, but these keys only take effect after a restart");
         }
