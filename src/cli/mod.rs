@@ -87,6 +87,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: UsageFormat,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (turnd.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// The cluster this node belongs to (needs [cluster]).
     Cluster {
         #[command(subcommand)]
@@ -210,11 +217,39 @@ fn nat_check(a: &NatCheckArgs) -> ExitCode {
     crate::natcheck::run(&a.url, &options)
 }
 
+/// Writes `turnd.1` and a page per subcommand (`turnd-user-add.1`, ...) into `dir`.
+fn manpages(dir: &std::path::Path) -> ExitCode {
+    fn write(dir: &std::path::Path, cmd: clap::Command, name: &str) -> std::io::Result<()> {
+        let cmd = cmd.name(name.to_string());
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(dir, sub.clone(), &format!("{name}-{}", sub.get_name()))?;
+        }
+        Ok(())
+    }
+    let cmd = <Cli as clap::CommandFactory>::command();
+    match std::fs::create_dir_all(dir).and_then(|()| write(dir, cmd, "turnd")) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("turnd: cannot write man pages into {}: {e}", dir.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
-    // A client: it needs no config, and a broken one must not stop it.
-    if let Command::NatCheck(a) = &cli.command {
-        return nat_check(a);
+    // These need no config, and a broken one must not stop them.
+    match &cli.command {
+        Command::NatCheck(a) => return nat_check(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "turnd", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Manpages { dir } => return manpages(dir),
+        _ => {}
     }
     let config = match Config::discover(cli.config.as_deref()) {
         Ok(c) => c,
@@ -255,6 +290,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sessions { user, local } => admin::sessions(&config, user.as_deref(), local),
         Command::Disconnect { user } => admin::disconnect(&config, &user),
         Command::NatCheck(a) => nat_check(&a),
+        Command::Completions { .. } | Command::Manpages { .. } => ExitCode::SUCCESS,
         Command::Cluster {
             action: ClusterCommand::Status { json },
         } => cluster::status(&config, json),
