@@ -16,5 +16,5 @@ for shell in bash zsh fish; do
     case "$shell" in bash) echo turnd ;; zsh) echo _turnd ;; fish) echo turnd.fish ;; esac)"
 done
 sed 's|/usr/local/bin/turnd|/usr/bin/turnd|' deploy/turnd.service > target/package/turnd.service
-cargo deb --no-build -p turnd "$@"
+cargo deb --no-build --strip -p turnd "$@"
 ls target/debian/turnd_*.deb

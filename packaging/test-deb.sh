@@ -11,7 +11,7 @@ deb="$(ls -t target/debian/turnd_*_amd64.deb | head -1)"
 echo "== lintian"
 # Errors and warnings fail; the overrides shipped in the package explain the rest, one line
 # each (packaging/debian/lintian-overrides).
-lintian --fail-on error,warning --no-tag-display-limit "$deb"
+lintian --fail-on error,warning --tag-display-limit 0 "$deb"
 
 echo "== install"
 dpkg --purge turnd >/dev/null 2>&1 || true
@@ -39,7 +39,7 @@ socket = "$work/admin.sock"
 users_file = "$work/users.toml"
 CONF
 chown turnd:turnd "$work/turnd.toml"
-runuser -u turnd -- /usr/bin/turnd serve --config "$work/turnd.toml" 2>"$work/log" &
+setpriv --reuid=turnd --regid=turnd --init-groups /usr/bin/turnd serve --config "$work/turnd.toml" 2>"$work/log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do grep -q "turnd ready" "$work/log" && break; sleep 0.1; done

@@ -88,9 +88,7 @@ pub enum Command {
         format: UsageFormat,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell) on stdout.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Write the man pages (turnd.1 and one per subcommand) into DIR.
     #[command(hide = true)]
     Manpages { dir: PathBuf },
@@ -245,7 +243,12 @@ pub fn run(cli: Cli) -> ExitCode {
     match &cli.command {
         Command::NatCheck(a) => return nat_check(a),
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "turnd", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "turnd",
+                &mut std::io::stdout(),
+            );
             return ExitCode::SUCCESS;
         }
         Command::Manpages { dir } => return manpages(dir),
