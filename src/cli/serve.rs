@@ -104,6 +104,9 @@ struct Live {
     file_users: UserKeys,
     /// The cluster's users, as last read from Redis.
     cluster_users: UserKeys,
+    /// The status page's own TURN REST secret, when there is no configured one to mint its
+    /// self-test credentials with: it verifies only what the page minted.
+    page_secret: Option<String>,
     stamp: Stamp,
     certs: Option<Arc<CertStore>>,
     draining: bool,
@@ -115,6 +118,7 @@ impl Live {
             config,
             file_users: UserKeys::default(),
             cluster_users: UserKeys::default(),
+            page_secret: None,
             stamp: None,
             certs: None,
             draining: false,
@@ -169,10 +173,18 @@ impl Live {
         Arc::new(c)
     }
 
-    fn apply_credentials(&self, shared: &Shared) {
+    fn credentials(&self) -> Credentials {
         let mut users = self.file_users.clone();
         users.extend(&self.cluster_users);
-        shared.set_credentials(Arc::new(credentials_with(&self.config, users)));
+        let mut c = credentials_with(&self.config, users);
+        if let Some(p) = &self.page_secret {
+            c.secrets = RestSecrets::new(self.config.auth.secrets.iter().cloned().chain([p.clone()]));
+        }
+        c
+    }
+
+    fn apply_credentials(&self, shared: &Shared) {
+        shared.set_credentials(Arc::new(self.credentials()));
     }
 
     /// SIGHUP: reload the config file. A config that does not validate changes nothing.
@@ -280,6 +292,14 @@ fn config_server_name(config: &Config) -> Option<String> {
     })
 }
 
+/// 144 random bits, URL-safe: tokens and the page's secret.
+fn random_text() -> Result<String, String> {
+    use base64::Engine as _;
+    let mut b = [0u8; 18];
+    getrandom::fill(&mut b).map_err(|e| format!("cannot read the OS random number generator: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
 /// Binds the metrics listener before the server reports ready, so a taken port is a start
 /// error.
 fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
@@ -346,8 +366,22 @@ pub fn serve(config: Config) -> ExitCode {
     };
     let mut live = Live::new(config.clone());
     live.certs = certs.clone();
-    let credentials = credentials_with(&config, live.file_users.clone());
-    let relaying = credentials.is_configured();
+    let relaying = live.credentials().is_configured();
+    // The self-test mints with the first configured REST secret, else with one of its own
+    // (only while relaying: a STUN-only server stays one).
+    let page_secret = match config.auth.secrets.first() {
+        Some(s) => s.clone(),
+        None => match random_text() {
+            Ok(s) => {
+                if relaying {
+                    live.page_secret = Some(s.clone());
+                }
+                s
+            }
+            Err(e) => return fatal(e),
+        },
+    };
+    let credentials = live.credentials();
     let shared = Arc::new(Shared::new(Arc::new(credentials), nonce_key));
     let server = match Server::start(
         &config,
@@ -375,9 +409,40 @@ pub fn serve(config: Config) -> ExitCode {
     for b in server.bound() {
         tracing::info!(transport = %b.transport.as_str(), address = %b.address, "listening");
     }
+    let tls_name = config_server_name(&config);
+    let page = {
+        let listeners = server
+            .bound()
+            .iter()
+            .map(|b| crate::metrics::status::ListenerInfo::new(b.transport, b.address, tls_name.as_deref()))
+            .collect::<Vec<_>>();
+        let urls = listeners.iter().flat_map(|l| l.urls.clone()).collect();
+        let test = crate::metrics::status::TestCredentials::new(page_secret.into_bytes(), urls, relaying);
+        let status = Arc::new(crate::metrics::status::Status::new(listeners, Some(test)));
+        let loopback = metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .is_none_or(|a| a.ip().is_loopback());
+        let token = match (&config.metrics.token, loopback) {
+            (t, _) if !t.is_empty() => Some(t.clone()),
+            (_, true) => None,
+            (_, false) => match random_text() {
+                Ok(t) => Some(t),
+                Err(e) => return fatal(e),
+            },
+        };
+        Arc::new(crate::metrics::http::Page { status, token })
+    };
     if let Some(l) = &metrics_listener {
         if let Ok(a) = l.local_addr() {
             tracing::info!(transport = "http", address = %a, "listening");
+            match (&page.token, config.metrics.token.is_empty()) {
+                (Some(t), true) => tracing::info!(
+                    "status page: http://{a}/?token={t} (metrics.token is empty, so this one was made for this run)"
+                ),
+                (Some(_), false) => tracing::info!("status page: http://{a}/?token=<metrics.token>"),
+                (None, _) => tracing::info!("status page: http://{a}/"),
+            }
         }
     }
     if relaying {
@@ -431,7 +496,15 @@ pub fn serve(config: Config) -> ExitCode {
         if let Some(l) = metrics_listener {
             match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => {
-                    tokio::spawn(crate::metrics::http::serve(l, metrics.clone(), health.clone()));
+                    tokio::spawn(crate::metrics::http::serve(l, metrics.clone(), health.clone(), page.clone()));
+                    let (status, metrics) = (page.status.clone(), metrics.clone());
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(Duration::from_secs(1));
+                        loop {
+                            tick.tick().await;
+                            status.sample(&metrics);
+                        }
+                    });
                 }
                 Err(e) => tracing::error!(error = %e, "cannot serve metrics"),
             }

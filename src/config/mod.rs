@@ -241,6 +241,10 @@ pub struct MetricsConfig {
     /// (`listen = "off"`) serves nothing.
     #[serde(serialize_with = "render::metrics_listen")]
     pub listen: Option<SocketAddr>,
+    /// What `GET /`, `/status.json` and the self-test ask for when `listen` is not loopback;
+    /// empty: one is generated at start and logged.
+    #[serde(serialize_with = "render::redacted")]
+    pub token: String,
 }
 
 /// `[nat_discovery]` (RFC 5780): off while `alternate_addresses` is empty.

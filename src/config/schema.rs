@@ -94,6 +94,8 @@ pub(super) struct RawAdmin {
 pub(super) struct RawMetrics {
     #[serde(default)]
     pub(super) listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -128,7 +128,22 @@ impl Config {
             peers_allow.push(cidr(&cx, &item, "peers.allow")?);
         }
 
-        let metrics_listen = match raw.metrics.unwrap_or_default().listen {
+        let raw_metrics = raw.metrics.unwrap_or_default();
+        let metrics_token = match raw_metrics.token {
+            None => String::new(),
+            Some(t) if t.get_ref().is_empty() => String::new(),
+            Some(t) => {
+                let v = t.get_ref();
+                if v.len() < 16 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(cx.err(
+                        t.span(),
+                        "metrics.token must be at least 16 printable characters with no spaces, or empty (generated)",
+                    ));
+                }
+                t.into_inner()
+            }
+        };
+        let metrics_listen = match raw_metrics.listen {
             None => Some(DEFAULT_METRICS_LISTEN),
             Some(a) if a.get_ref() == METRICS_OFF => None,
             Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
@@ -206,7 +221,10 @@ impl Config {
             relay,
             auth,
             peers: PeersConfig { allow: peers_allow },
-            metrics: MetricsConfig { listen: metrics_listen },
+            metrics: MetricsConfig {
+                listen: metrics_listen,
+                token: metrics_token,
+            },
             admin: AdminConfig { socket: admin_socket },
             tls,
             shutdown_grace,

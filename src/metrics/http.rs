@@ -1,4 +1,5 @@
-//! The metrics endpoint: `GET /metrics` (Prometheus text) and `GET /healthz`. A deliberately
+//! The metrics endpoint: `GET /metrics` (Prometheus text), `GET /healthz`, and the status
+//! page (`GET /`, `GET /status.json`, `POST /test-credential`; see [`super::status`]). A deliberately
 //! small HTTP/1.1 server: one request per connection, no bodies, strict limits on header
 //! size and count, a deadline for the whole request head (so a slowloris cannot hold a
 //! connection), a cap on concurrent connections, and no panics on garbage.
@@ -33,8 +34,16 @@ pub struct Health {
     pub draining: AtomicBool,
 }
 
+/// The status page and who may see it.
+pub struct Page {
+    pub status: Arc<super::status::Status>,
+    /// Asked for by the page, `/status.json` and `/test-credential` (bearer header, cookie,
+    /// or `?token=` once); `None` on a loopback endpoint, where anyone who reaches it may.
+    pub token: Option<String>,
+}
+
 /// Serves the endpoint until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>, page: Arc<Page>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -48,9 +57,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Hea
         };
         let metrics = metrics.clone();
         let health = health.clone();
+        let page = page.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            connection(stream, &metrics, &health).await;
+            connection(stream, &metrics, &health, &page).await;
         });
     }
 }
@@ -60,6 +70,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Hea
 pub struct Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// After the `?`, if any.
+    pub query: &'a str,
+    /// `Authorization: Bearer X`'s X.
+    pub bearer: Option<&'a str>,
+    /// The `turnd_token` cookie.
+    pub cookie_token: Option<&'a str>,
     /// The request declared a body (Content-Length above 0 or Transfer-Encoding).
     pub has_body: bool,
     /// The client's Accept header asks for OpenMetrics.
@@ -90,9 +106,11 @@ pub fn parse_head(head: &[u8]) -> Result<Request<'_>, HeadError> {
     {
         return Err(HeadError::BadRequest);
     }
-    let path = target.split('?').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut has_body = false;
     let mut openmetrics = false;
+    let mut bearer = None;
+    let mut cookie_token = None;
     let mut count = 0;
     for line in lines {
         count += 1;
@@ -107,11 +125,21 @@ pub fn parse_head(head: &[u8]) -> Result<Request<'_>, HeadError> {
             has_body = true;
         } else if name.eq_ignore_ascii_case("accept") {
             openmetrics |= value.contains("application/openmetrics-text");
+        } else if name.eq_ignore_ascii_case("authorization") {
+            bearer = value.strip_prefix("Bearer ").map(str::trim);
+        } else if name.eq_ignore_ascii_case("cookie") {
+            cookie_token = value
+                .split(';')
+                .filter_map(|c| c.trim().strip_prefix("turnd_token="))
+                .next();
         }
     }
     Ok(Request {
         method,
         path,
+        query,
+        bearer,
+        cookie_token,
         has_body,
         openmetrics,
     })
@@ -141,44 +169,132 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, u
     }
 }
 
-async fn connection(mut stream: TcpStream, metrics: &Metrics, health: &Health) {
+/// Whether `req` may see the page: no token asked for, or the right one (compared in
+/// constant time) from the header, the cookie or the query.
+fn allowed(req: &Request<'_>, page: &Page) -> bool {
+    let Some(token) = &page.token else { return true };
+    let same = |t: &str| -> bool { subtle::ConstantTimeEq::ct_eq(t.as_bytes(), token.as_bytes()).into() };
+    req.bearer.is_some_and(same) || req.cookie_token.is_some_and(same) || query_token(req.query).is_some_and(same)
+}
+
+fn query_token(query: &str) -> Option<&str> {
+    query.split('&').find_map(|kv| kv.strip_prefix("token="))
+}
+
+/// The status page's routes; `None` for any other path.
+fn page_route(
+    req: &Request<'_>,
+    health: &Health,
+    metrics: &Metrics,
+    page: &Page,
+) -> Option<(u16, &'static str, String, String)> {
+    let text = "text/plain; charset=utf-8";
+    let route = matches!(req.path, "/" | "/status.json" | "/test-credential");
+    if !route {
+        return None;
+    }
+    if !allowed(req, page) {
+        return Some((
+            401,
+            text,
+            "this page needs the token: open the link turnd logged at start (?token=...)
+"
+            .into(),
+            String::new(),
+        ));
+    }
+    // A ?token= link sets the cookie and takes the token out of the address bar.
+    if req.path == "/" && query_token(req.query).is_some() {
+        let token = page.token.as_deref().unwrap_or_default();
+        return Some((
+            303,
+            text,
+            String::new(),
+            format!("Set-Cookie: turnd_token={token}; Path=/; HttpOnly; SameSite=Strict\r\nLocation: /\r\n"),
+        ));
+    }
+    let draining = health.draining.load(Ordering::Relaxed);
+    Some(match (req.method, req.path) {
+        ("GET" | "HEAD", "/") => (
+            200,
+            "text/html; charset=utf-8",
+            super::status::PAGE.to_string(),
+            String::new(),
+        ),
+        ("GET" | "HEAD", "/status.json") => (
+            200,
+            "application/json",
+            page.status.json(metrics, draining),
+            String::new(),
+        ),
+        ("POST", "/test-credential") => {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match page.status.test.as_ref().and_then(|t| t.mint(unix)) {
+                Some(v) => (200, "application/json", v.to_string(), String::new()),
+                None => (
+                    429,
+                    text,
+                    "too many self-tests this minute; try again soon
+"
+                    .into(),
+                    String::new(),
+                ),
+            }
+        }
+        _ => (
+            405,
+            text,
+            "method not allowed
+"
+            .into(),
+            "Allow: GET, HEAD, POST\r\n".into(),
+        ),
+    })
+}
+
+async fn connection(mut stream: TcpStream, metrics: &Metrics, health: &Health, page: &Page) {
     let mut buf = Vec::with_capacity(1024);
-    let (status, content_type, body, extra) = match read_head(&mut stream, &mut buf).await {
+    let text = "text/plain; charset=utf-8";
+    let (status, content_type, body, extra): (u16, &str, String, String) = match read_head(&mut stream, &mut buf).await
+    {
         Err(0) => return,
-        Err(code) => (code, "text/plain; charset=utf-8", reason(code).to_string() + "\n", ""),
+        Err(code) => (code, text, reason(code).to_string() + "\n", String::new()),
         Ok(end) => match parse_head(&buf[..end]) {
-            Err(HeadError::TooLarge) => (431, "text/plain; charset=utf-8", "too many headers\n".into(), ""),
-            Err(HeadError::BadRequest) => (400, "text/plain; charset=utf-8", "bad request\n".into(), ""),
-            Ok(req) if req.method != "GET" && req.method != "HEAD" => (
-                405,
-                "text/plain; charset=utf-8",
-                "only GET\n".into(),
-                "Allow: GET, HEAD\r\n",
-            ),
-            Ok(req) if req.has_body => (413, "text/plain; charset=utf-8", "no request bodies\n".into(), ""),
-            Ok(req) => match req.path {
-                "/metrics" if req.openmetrics => (
-                    200,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    metrics.encode(),
-                    "",
-                ),
-                "/metrics" => (
-                    200,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    metrics.encode_prometheus(),
-                    "",
-                ),
-                "/healthz" => {
-                    if health.draining.load(Ordering::Relaxed) {
-                        (503, "text/plain; charset=utf-8", "draining\n".into(), "")
-                    } else if health.up.load(Ordering::Relaxed) {
-                        (200, "text/plain; charset=utf-8", "ok\n".into(), "")
-                    } else {
-                        (503, "text/plain; charset=utf-8", "starting\n".into(), "")
-                    }
+            Err(HeadError::TooLarge) => (431, text, "too many headers\n".into(), String::new()),
+            Err(HeadError::BadRequest) => (400, text, "bad request\n".into(), String::new()),
+            Ok(req) if req.has_body => (413, text, "no request bodies\n".into(), String::new()),
+            Ok(req) => match page_route(&req, health, metrics, page) {
+                Some(answer) => answer,
+                None if req.method != "GET" && req.method != "HEAD" => {
+                    (405, text, "only GET\n".into(), "Allow: GET, HEAD\r\n".into())
                 }
-                _ => (404, "text/plain; charset=utf-8", "not found\n".into(), ""),
+                None => match req.path {
+                    "/metrics" if req.openmetrics => (
+                        200,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics.encode(),
+                        String::new(),
+                    ),
+                    "/metrics" => (
+                        200,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        metrics.encode_prometheus(),
+                        String::new(),
+                    ),
+                    "/healthz" => {
+                        let body = if health.draining.load(Ordering::Relaxed) {
+                            (503, "draining\n")
+                        } else if health.up.load(Ordering::Relaxed) {
+                            (200, "ok\n")
+                        } else {
+                            (503, "starting\n")
+                        };
+                        (body.0, text, body.1.into(), String::new())
+                    }
+                    _ => (404, text, "not found\n".into(), String::new()),
+                },
             },
         },
     };
@@ -201,6 +317,9 @@ async fn connection(mut stream: TcpStream, metrics: &Metrics, health: &Health) {
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        303 => "See Other",
+        401 => "Unauthorized",
+        429 => "Too Many Requests",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",

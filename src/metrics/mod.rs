@@ -21,6 +21,7 @@ use crate::types::Transport;
 
 pub mod http;
 mod process;
+pub mod status;
 
 pub use process::ProcStats;
 
@@ -299,6 +300,11 @@ impl Metrics {
     /// Adds a shard's counters to what is exported.
     pub fn register(&self, stats: Arc<Stats>) {
         self.shards.shards.lock().unwrap_or_else(|e| e.into_inner()).push(stats);
+    }
+
+    /// Every shard's counters.
+    pub fn shards(&self) -> Vec<Arc<Stats>> {
+        self.shards.all()
     }
 
     /// A counter summed over every shard, e.g. `total(|s| &s.relay_bytes[0])`.

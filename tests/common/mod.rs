@@ -23,6 +23,8 @@ pub struct Turnd {
     pub tcp: Vec<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub log: mpsc::Receiver<String>,
+    /// The log lines up to "turnd ready".
+    pub startup: Vec<String>,
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
 }
@@ -103,6 +105,7 @@ impl Turnd {
             }
         });
         let (mut udp, mut tcp, mut http) = (vec![], vec![], None);
+        let mut startup = Vec::new();
         loop {
             let line = match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(l) => l,
@@ -121,7 +124,9 @@ impl Turnd {
                     t => panic!("unknown transport {t}"),
                 }
             }
-            if line.contains("turnd ready") {
+            let ready = line.contains("turnd ready");
+            startup.push(line);
+            if ready {
                 break;
             }
         }
@@ -131,6 +136,7 @@ impl Turnd {
             tcp,
             http,
             log: rx,
+            startup,
             _dir: dir,
             config_path,
         }
