@@ -199,6 +199,22 @@ fn a_page_with_a_token_refuses_without_it_and_metrics_stay_open() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains(":status-page") && text.contains("\"ttl\":300"), "{text}");
     assert!(!text.contains("rest-secret"), "{text}");
+    // At most 20 a minute: the 21st is refused.
+    let codes: Vec<u16> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(http).unwrap();
+            write!(
+                s,
+                "POST /test-credential HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer 0123456789abcdef-token\r\n\r\n"
+            )
+            .unwrap();
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 19, "{codes:?}");
+    assert_eq!(codes.last(), Some(&429), "{codes:?}");
     // Scrapers and probes need no token.
     assert_eq!(get(http, "/metrics", "").0, 200);
     assert_eq!(get(http, "/healthz", "").0, 200);
