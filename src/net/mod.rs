@@ -187,52 +187,56 @@ pub struct Shards {
 impl Shards {
     /// Every open allocation (of `user`, if given), across all shards.
     pub async fn sessions(&self, user: Option<&str>) -> Vec<SessionInfo> {
-        let mut out = Vec::new();
-        for c in &self.commands {
-            let (reply, rx) = oneshot::channel();
-            if c.send(ShardCommand::Sessions {
-                user: user.map(str::to_string),
+        let user = user.map(str::to_string);
+        let mut out: Vec<SessionInfo> = self
+            .ask_each(|reply| ShardCommand::Sessions {
+                user: user.clone(),
                 reply,
             })
-            .is_ok()
-            {
-                out.extend(rx.await.unwrap_or_default());
-            }
-        }
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         out.sort_by(|a, b| (&a.user, a.client).cmp(&(&b.user, b.client)));
         out
     }
 
     /// Ends every allocation of `user` at once; returns how many ended.
     pub async fn disconnect(&self, user: &str) -> usize {
-        let mut n = 0;
-        for c in &self.commands {
-            let (reply, rx) = oneshot::channel();
-            if c.send(ShardCommand::Disconnect {
-                user: user.to_string(),
-                reply,
-            })
-            .is_ok()
-            {
-                n += rx.await.unwrap_or(0);
-            }
-        }
-        n
+        let user = user.to_string();
+        let each = self.ask_each(|reply| ShardCommand::Disconnect {
+            user: user.clone(),
+            reply,
+        });
+        each.await.into_iter().sum()
     }
 
     /// Usage by account since the last call, over every shard: ended allocations', and with
     /// `open` the open ones' progress too.
     pub async fn take_usage(&self, open: bool) -> HashMap<String, Usage> {
         let mut all: HashMap<String, Usage> = HashMap::new();
-        for c in &self.commands {
-            let (reply, rx) = oneshot::channel();
-            if c.send(ShardCommand::TakeUsage { open, reply }).is_ok() {
-                for (account, u) in rx.await.unwrap_or_default() {
-                    all.entry(account).or_default().add(&u);
-                }
-            }
+        for (account, u) in self
+            .ask_each(|reply| ShardCommand::TakeUsage { open, reply })
+            .await
+            .into_iter()
+            .flatten()
+        {
+            all.entry(account).or_default().add(&u);
         }
         all
+    }
+
+    /// Sends every shard the command `make` builds around a reply channel, and gathers the
+    /// answers of those that are running.
+    async fn ask_each<T>(&self, make: impl Fn(oneshot::Sender<T>) -> ShardCommand) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.commands.len());
+        for c in &self.commands {
+            let (reply, rx) = oneshot::channel();
+            if c.send(make(reply)).is_ok() {
+                out.extend(rx.await.ok());
+            }
+        }
+        out
     }
 
     /// Applies a new engine configuration to new requests on every shard.
