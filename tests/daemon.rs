@@ -11,20 +11,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::tls::{read_frame, tls_connect, Tls};
+use common::tls::{read_frame, tls_connect, write_cert, Tls};
 use common::{turn_config, Turnd};
 use turnd::proto::{AttrType, Message};
 use turnd::server::testclient::{Response, TestClient};
 
 const REALM: &str = "test.turnd";
-
-/// Writes a fresh self-signed certificate and key; returns the certificate's DER.
-fn write_cert(dir: &Path) -> Vec<u8> {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).unwrap();
-    c.cert.der().to_vec()
-}
 
 fn tls_config(dir: &Path, extra: &str) -> String {
     let base = turn_config(extra).replace(

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::free_port;
-use common::tls::{read_frame, tls_over};
+use common::tls::{read_frame, tls_over, write_cert};
 use common::Turnd;
 use turnd::server::testclient::TestClient;
 
@@ -84,12 +84,6 @@ backend tls
         }
     }
     (h, fronts)
-}
-
-fn write_cert(dir: &std::path::Path) {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).unwrap();
 }
 
 fn config(dir: &std::path::Path) -> String {

@@ -10,13 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::tls::write_cert;
 use common::Turnd;
-
-fn write_cert(dir: &Path) {
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).unwrap();
-}
 
 /// turnd-load, built from this workspace if it is not there yet.
 fn turnd_load() -> PathBuf {

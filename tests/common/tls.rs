@@ -5,6 +5,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Writes a fresh self-signed certificate for localhost and 127.0.0.1 and its key into `dir`
+/// (`cert.pem`, `key.pem`); returns the certificate's DER.
+pub fn write_cert(dir: &std::path::Path) -> Vec<u8> {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).unwrap();
+    c.cert.der().to_vec()
+}
+
 /// Accepts any certificate, remembering the one the server presented.
 #[derive(Debug)]
 pub struct Capture(Arc<Mutex<Vec<u8>>>);
