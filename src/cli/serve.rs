@@ -416,7 +416,13 @@ pub fn serve(config: Config) -> ExitCode {
             .iter()
             .map(|b| crate::metrics::status::ListenerInfo::new(b.transport, b.address, tls_name.as_deref()))
             .collect::<Vec<_>>();
-        let urls = listeners.iter().flat_map(|l| l.urls.clone()).collect();
+        // Wildcard listeners of both families name the same URLs: test each once.
+        let mut urls: Vec<String> = Vec::new();
+        for u in listeners.iter().flat_map(|l| l.urls.iter()) {
+            if !urls.contains(u) {
+                urls.push(u.clone());
+            }
+        }
         let test = crate::metrics::status::TestCredentials::new(page_secret.into_bytes(), urls, relaying);
         let status = Arc::new(crate::metrics::status::Status::new(listeners, Some(test)));
         let loopback = metrics_listener
