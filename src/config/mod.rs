@@ -243,7 +243,7 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
     /// What `GET /`, `/status.json` and the self-test ask for when `listen` is not loopback;
     /// empty: one is generated at start and logged.
-    #[serde(serialize_with = "render::redacted")]
+    #[serde(serialize_with = "render::redacted_if_set")]
     pub token: String,
 }
 

@@ -44,6 +44,12 @@ pub(super) fn redacted<S: Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_str(REDACTED)
 }
 
+/// A secret that may be unset: empty stays empty (so the output re-parses), anything else
+/// is redacted.
+pub(super) fn redacted_if_set<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if v.is_empty() { "" } else { REDACTED })
+}
+
 pub(super) fn redacted_each<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|_| REDACTED))
 }
