@@ -200,31 +200,20 @@ impl Live {
                 return;
             }
         };
-        let mut restart = Vec::new();
-        if new.listen != self.config.listen {
-            restart.push("listen");
-        }
-        if new.threads != self.config.threads {
-            restart.push("threads");
-        }
-        if new.metrics.listen != self.config.metrics.listen {
-            restart.push("metrics.listen");
-        }
-        if new.admin.socket != self.config.admin.socket {
-            restart.push("admin.socket");
-        }
-        if new.nat_discovery != self.config.nat_discovery {
-            restart.push("nat_discovery");
-        }
-        if new.log != self.config.log {
-            restart.push("log");
-        }
-        if new.tls.is_some() != self.config.tls.is_some() {
-            restart.push("tls");
-        }
-        if new.cluster != self.config.cluster {
-            restart.push("cluster");
-        }
+        let old = &self.config;
+        let restart: Vec<&str> = [
+            ("listen", new.listen != old.listen),
+            ("threads", new.threads != old.threads),
+            ("metrics.listen", new.metrics.listen != old.metrics.listen),
+            ("admin.socket", new.admin.socket != old.admin.socket),
+            ("nat_discovery", new.nat_discovery != old.nat_discovery),
+            ("log", new.log != old.log),
+            ("tls", new.tls.is_some() != old.tls.is_some()),
+            ("cluster", new.cluster != old.cluster),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
         if !restart.is_empty() {
             tracing::warn!(keys = ?restart, "config reloaded, but these keys only take effect after a restart");
         }

@@ -60,6 +60,27 @@ impl Ctx<'_> {
     }
 }
 
+/// Parses `s` with `f`, with `f`'s error at `s`.
+fn parsed<T>(cx: &Ctx<'_>, s: &Spanned<String>, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    f(s.get_ref()).map_err(|e| cx.err(s.span(), e))
+}
+
+/// A path that must not be empty.
+fn path(cx: &Ctx<'_>, p: Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+    if p.get_ref().is_empty() {
+        return Err(cx.err(p.span(), format!("{key} is empty")));
+    }
+    Ok(PathBuf::from(p.into_inner()))
+}
+
+/// `IP:PORT`; `example` ends the error.
+fn socket_addr(cx: &Ctx<'_>, s: &Spanned<String>, key: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+    parsed(cx, s, |v| {
+        v.parse()
+            .map_err(|_| format!("invalid {key} {v:?}: expected IP:PORT, e.g. {example}"))
+    })
+}
+
 impl Config {
     /// Parses and validates `text`; `source` names it in errors.
     pub fn parse(text: &str, source: Source) -> Result<Config, ConfigError> {
@@ -104,17 +125,15 @@ impl Config {
                 level: "info".into(),
                 format: LogFormat::Text,
             },
-            Some(l) => {
-                let level = match l.level {
+            Some(l) => LogConfig {
+                level: match l.level {
                     None => "info".to_string(),
-                    Some(s) => check_log_level(s.get_ref())
-                        .map_err(|e| cx.err(s.span(), format!("invalid log level {:?}: {e}", s.get_ref())))?,
-                };
-                LogConfig {
-                    level,
-                    format: l.format.unwrap_or(LogFormat::Text),
-                }
-            }
+                    Some(s) => parsed(&cx, &s, |v| {
+                        check_log_level(v).map_err(|e| format!("invalid log level {v:?}: {e}"))
+                    })?,
+                },
+                format: l.format.unwrap_or(LogFormat::Text),
+            },
         };
 
         let realm = match raw.realm {
@@ -146,29 +165,20 @@ impl Config {
         let metrics_listen = match raw_metrics.listen {
             None => Some(DEFAULT_METRICS_LISTEN),
             Some(a) if a.get_ref() == METRICS_OFF => None,
-            Some(a) => Some(a.get_ref().parse::<SocketAddr>().map_err(|_| {
-                cx.err(
-                    a.span(),
-                    format!(
-                        "invalid metrics.listen {:?}: expected IP:PORT, e.g. \"127.0.0.1:9641\", or \"off\"",
-                        a.get_ref()
-                    ),
-                )
-            })?),
+            Some(a) => Some(socket_addr(
+                &cx,
+                &a,
+                "metrics.listen",
+                "\"127.0.0.1:9641\", or \"off\"",
+            )?),
         };
-        let server_name = match raw.server_name {
-            None => None,
-            Some(n) => Some(
-                check_dns_name(n.get_ref())
-                    .map_err(|e| cx.err(n.span(), e))?
-                    .to_string(),
-            ),
-        };
-
+        let server_name = raw
+            .server_name
+            .map(|n| parsed(&cx, &n, |v| check_dns_name(v).map(str::to_string)))
+            .transpose()?;
         let admin_socket = match raw.admin.unwrap_or_default().socket {
+            Some(p) => path(&cx, p, "admin.socket")?,
             None => paths::default_admin_socket(),
-            Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "admin.socket is empty")),
-            Some(p) => PathBuf::from(p.into_inner()),
         };
 
         let wants_tls = listen.iter().any(|l| l.tls);
@@ -178,14 +188,9 @@ impl Config {
             }
             Some(t) => {
                 let t = t.into_inner();
-                for p in [&t.certificate, &t.private_key] {
-                    if p.get_ref().is_empty() {
-                        return Err(cx.err(p.span(), "path is empty"));
-                    }
-                }
                 Some(TlsConfig {
-                    certificate: PathBuf::from(t.certificate.into_inner()),
-                    private_key: PathBuf::from(t.private_key.into_inner()),
+                    certificate: path(&cx, t.certificate, "tls.certificate")?,
+                    private_key: path(&cx, t.private_key, "tls.private_key")?,
                 })
             }
             None if wants_tls => {
@@ -260,7 +265,7 @@ fn duration_at_least(
     key: &str,
 ) -> Result<Duration, ConfigError> {
     let Some(s) = v else { return Ok(default) };
-    let d = parse_duration(s.get_ref()).map_err(|e| cx.err(s.span(), e))?;
+    let d = parsed(cx, &s, parse_duration)?;
     if d < min {
         return Err(cx.err(s.span(), format!("{key} must be at least {}", format_duration(min))));
     }
@@ -341,10 +346,9 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
             v
         }
     };
-    let ports = match raw.ports {
-        None => PortRange::DEFAULT,
-        Some(p) => p.get_ref().parse().map_err(|e: String| cx.err(p.span(), e))?,
-    };
+    let ports = raw
+        .ports
+        .map_or(Ok(PortRange::DEFAULT), |p| parsed(cx, &p, str::parse))?;
     let max_lifetime = duration_at_least(
         cx,
         raw.max_lifetime,
@@ -527,15 +531,7 @@ fn validate_cluster(cx: &Ctx<'_>, raw: Spanned<RawCluster>) -> Result<ClusterCon
     };
     let mut advertise: Vec<SocketAddr> = Vec::new();
     for a in raw.advertise.unwrap_or_default() {
-        let addr: SocketAddr = a.get_ref().parse().map_err(|_| {
-            cx.err(
-                a.span(),
-                format!(
-                    "invalid cluster.advertise {:?}: expected IP:PORT, e.g. \"203.0.113.5:3478\"",
-                    a.get_ref()
-                ),
-            )
-        })?;
+        let addr = socket_addr(cx, &a, "cluster.advertise", "\"203.0.113.5:3478\"")?;
         if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
             return Err(cx.err(
                 a.span(),
@@ -550,11 +546,7 @@ fn validate_cluster(cx: &Ctx<'_>, raw: Spanned<RawCluster>) -> Result<ClusterCon
         }
         advertise.push(addr);
     }
-    let tls_ca = match raw.tls_ca {
-        None => None,
-        Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "cluster.tls_ca is empty")),
-        Some(p) => Some(PathBuf::from(p.into_inner())),
-    };
+    let tls_ca = raw.tls_ca.map(|p| path(cx, p, "cluster.tls_ca")).transpose()?;
     Ok(ClusterConfig {
         redis: raw.redis.into_inner(),
         node,
@@ -579,7 +571,7 @@ fn validate_cluster(cx: &Ctx<'_>, raw: Spanned<RawCluster>) -> Result<ClusterCon
 
 /// A byte rate such as "10M"; 0 (no limit) when absent.
 fn size(cx: &Ctx<'_>, v: Option<Spanned<String>>) -> Result<u64, ConfigError> {
-    v.map_or(Ok(0), |s| parse_size(s.get_ref()).map_err(|e| cx.err(s.span(), e)))
+    v.map_or(Ok(0), |s| parsed(cx, &s, parse_size))
 }
 
 /// Checks a host name for `server_name`: letters, digits, '-' and '.', as in a URL.
@@ -663,9 +655,8 @@ fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> 
         "auth.nonce_lifetime",
     )?;
     let users_file = match raw.users_file {
+        Some(p) => path(cx, p, "auth.users_file")?,
         None => paths::default_users_file(),
-        Some(p) if p.get_ref().is_empty() => return Err(cx.err(p.span(), "auth.users_file is empty")),
-        Some(p) => PathBuf::from(p.into_inner()),
     };
     let sha256 = match raw.password_algorithms {
         None => false,
