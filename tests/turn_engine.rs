@@ -11,7 +11,8 @@ use turnd::proto::{AttrType, Class, Message, MessageWriter, Method};
 use turnd::server::memory::MemoryRelay;
 use turnd::server::testclient::{Response, TestClient};
 use turnd::server::{
-    Engine, EngineConfig, Epoch, FiveTuple, Output, PeerPolicy, PortRange, RelayToken, Shared, Transport,
+    Engine, EngineConfig, Epoch, FastPath, FastPathEntry, FiveTuple, Output, PeerPolicy, PortRange, RelayToken, Shared,
+    Transport,
 };
 
 const REALM: &str = "test.realm";
@@ -1855,7 +1856,7 @@ fn a_full_or_draining_engine_names_an_alternate_of_the_clients_family_and_transp
     let mut draining = cfg;
     draining.max_allocations = 100;
     draining.draining = true;
-    w.engine.set_config(Arc::new(draining));
+    w.engine.set_config(w.now, Arc::new(draining));
     let r = w.allocate(&mut alice(), &tuple(5006));
     assert_eq!((r.error, r.alternate), (Some(300), Some(v4)));
 }
@@ -1910,4 +1911,233 @@ fn usage_is_handed_out_by_account_once() {
     off.at(Duration::from_secs(3));
     let now = off.now;
     assert!(off.engine.take_usage(now, true).is_empty());
+}
+
+// The kernel fast path's entries (issue 20): the engine says which channels the program may
+// relay, and takes them back the moment its own state says so.
+
+fn fast_config() -> EngineConfig {
+    EngineConfig {
+        fast_path: true,
+        ..config()
+    }
+}
+
+impl World {
+    fn fast_path(&mut self) -> Vec<FastPath> {
+        std::iter::from_fn(|| self.engine.poll_fast_path()).collect()
+    }
+}
+
+fn installed(cmds: &[FastPath]) -> Vec<FastPathEntry> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            FastPath::Install(e) => Some(*e),
+            FastPath::Remove(_) => None,
+        })
+        .collect()
+}
+
+fn removed(cmds: &[FastPath]) -> Vec<FastPathEntry> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            FastPath::Remove(e) => Some(*e),
+            FastPath::Install(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_bound_channel_with_a_live_permission_is_offloaded_until_the_permission_expires() {
+    let mut w = World::new(fast_config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.refresh(3600)));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    assert!(
+        w.fast_path().is_empty(),
+        "a permission without a channel is not offloaded"
+    );
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    let cmds = w.fast_path();
+    let relay = w.engine.allocations().next().unwrap().relays[0].as_ref().unwrap().bound;
+    let e = installed(&cmds);
+    assert_eq!(e.len(), 1, "{cmds:?}");
+    assert_eq!(
+        (e[0].client, e[0].listener, e[0].channel.get(), e[0].peer, e[0].relay),
+        (t.client, t.server, 0x4001, peer(7000), relay)
+    );
+    // The permission (5 min) ends before the channel (10 min).
+    assert_eq!(e[0].expires, w.start + Duration::from_secs(300));
+    assert!(!e[0].dont_fragment);
+
+    // A refreshed permission moves the deadline: the entry is written again.
+    w.at(Duration::from_secs(200));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    let again = installed(&w.fast_path());
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].expires, w.start + Duration::from_secs(500));
+
+    // The permission expires: the entry goes at that moment, not a tick later.
+    w.at(Duration::from_secs(500) - TICK);
+    assert!(w.fast_path().is_empty());
+    w.at(Duration::from_secs(500));
+    let gone = removed(&w.fast_path());
+    assert_eq!(gone.len(), 1);
+    assert_eq!((gone[0].channel.get(), gone[0].peer), (0x4001, peer(7000)));
+    // The socket path then drops what the program passes up, counted with its reason.
+    let token = w.token(&t);
+    assert!(w.peer_sends(token, peer(7000), b"late").is_none());
+    assert_eq!(w.metrics.total(|s| &s.dropped[DropReason::no_permission as usize]), 1);
+}
+
+#[test]
+fn a_channel_that_expires_is_taken_back_and_a_rebind_offloads_it_again() {
+    let mut w = World::new(fast_config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.refresh(3600)));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    assert_eq!(installed(&w.fast_path()).len(), 1);
+    // Keep the permission alive so that only the channel expires.
+    w.at(Duration::from_secs(280));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    w.at(Duration::from_secs(560));
+    success(&w.ask(&mut c, &t, |c| c.create_permission(&[peer(7000)])));
+    let moved = installed(&w.fast_path());
+    assert_eq!(moved.last().unwrap().expires, w.start + Duration::from_secs(600));
+    w.at(Duration::from_secs(600));
+    assert_eq!(removed(&w.fast_path()).len(), 1, "the channel expired");
+    // Rebinding during the cool-down brings the same channel back.
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    assert_eq!(installed(&w.fast_path()).len(), 1);
+}
+
+#[test]
+fn refresh_zero_disconnect_and_shutdown_remove_every_entry_and_the_log_line_counts_the_programs_packets() {
+    let mut w = World::new(fast_config());
+    let t1 = tuple(5000);
+    let t2 = tuple(5001);
+    let t3 = tuple(5002);
+    let mut clients = [alice(), alice(), alice()];
+    for (c, t) in clients.iter_mut().zip([t1, t2, t3]) {
+        success(&w.allocate(c, &t));
+        success(&w.ask(c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+        success(&w.ask(c, &t, |c| c.channel_bind(0x4002, peer(7001))));
+    }
+    assert_eq!(installed(&w.fast_path()).len(), 6);
+
+    // Refresh 0 on the first: both of its entries go, and its log line waits for their counts.
+    let [c1, ..] = &mut clients;
+    let (_, log) = logged(|| {
+        success(&w.ask(c1, &t1, |c| c.refresh(0)));
+    });
+    assert!(!log.contains("allocation ended"), "{log}");
+    let gone = removed(&w.fast_path());
+    assert_eq!(gone.len(), 2);
+    assert!(gone.iter().all(|e| e.client == t1.client));
+    let counts = turnd::server::Traffic {
+        to_peer_packets: 7,
+        to_peer_bytes: 700,
+        to_client_packets: 5,
+        to_client_bytes: 500,
+    };
+    let (_, log) = logged(|| {
+        w.engine.handle_fast_path_traffic(w.now, &gone[0], counts, true);
+        assert_eq!(w.engine.allocation_count(), 2);
+        w.engine.handle_fast_path_traffic(w.now, &gone[1], counts, true);
+    });
+    assert!(log.contains("reason=\"refresh 0\""), "{log}");
+    assert!(
+        log.contains("to_peer_packets=14") && log.contains("to_client_bytes=1000"),
+        "{log}"
+    );
+    assert_eq!(
+        w.metrics
+            .total(|s| &s.relay_packets[Direction::client_to_peer as usize]),
+        14
+    );
+    assert_eq!(
+        w.metrics.total(|s| &s.fast_path[Direction::peer_to_client as usize]),
+        10
+    );
+    assert_eq!(
+        w.metrics.total(|s| &s.relay_bytes[Direction::peer_to_client as usize]),
+        1000
+    );
+
+    // Disconnect removes the second allocation's entries.
+    let n = w.engine.disconnect_user(w.now, "alice");
+    assert_eq!(n, 2);
+    let gone = removed(&w.fast_path());
+    assert_eq!(gone.len(), 4);
+    for e in &gone {
+        w.engine.handle_fast_path_traffic(w.now, e, Default::default(), true);
+    }
+    assert_eq!(w.engine.allocation_count(), 0);
+    assert_eq!(w.metrics.level(|s| &s.channels_active), 0);
+}
+
+#[test]
+fn the_programs_counts_join_a_live_allocation_and_shutdown_takes_every_entry_back() {
+    let mut w = World::new(fast_config());
+    let mut c = alice();
+    let t = tuple(5000);
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    let e = installed(&w.fast_path())[0];
+    let counts = turnd::server::Traffic {
+        to_peer_packets: 3,
+        to_peer_bytes: 300,
+        to_client_packets: 2,
+        to_client_bytes: 200,
+    };
+    w.engine.handle_fast_path_traffic(w.now, &e, counts, false);
+    let a = w.engine.allocations().next().unwrap();
+    assert_eq!((a.traffic.to_peer_packets, a.traffic.to_client_bytes), (3, 200));
+    assert_eq!(w.engine.end_all(w.now, turnd::server::EndReason::Shutdown), 1);
+    assert_eq!(removed(&w.fast_path()), vec![e]);
+}
+
+#[test]
+fn tcp_clients_capped_allocations_and_a_server_without_the_program_offload_nothing() {
+    // ChannelData over TCP stays in userspace.
+    let mut w = World::new(fast_config());
+    let mut c = alice();
+    let t = tcp(5000);
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    assert!(w.fast_path().is_empty());
+    // A bandwidth cap is enforced by the engine, so capped allocations stay on sockets.
+    let mut w = World::new(EngineConfig {
+        bandwidth_per_allocation: 1_000_000,
+        ..fast_config()
+    });
+    let t = tuple(5000);
+    let mut c = alice();
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    assert!(w.fast_path().is_empty());
+    // A reload that adds a cap takes back what was offloaded; one that lifts it offloads.
+    let mut w = World::new(fast_config());
+    let mut c = alice();
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    assert_eq!(installed(&w.fast_path()).len(), 1);
+    let capped = EngineConfig {
+        bandwidth_total: 10_000_000,
+        ..fast_config()
+    };
+    w.engine.set_config(w.now, Arc::new(capped));
+    assert_eq!(removed(&w.fast_path()).len(), 1);
+    w.engine.set_config(w.now, Arc::new(fast_config()));
+    assert_eq!(installed(&w.fast_path()).len(), 1);
+    // Without the program, the engine queues nothing.
+    let mut w = World::new(config());
+    let mut c = alice();
+    success(&w.allocate(&mut c, &t));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, peer(7000))));
+    assert!(w.fast_path().is_empty());
 }

@@ -63,6 +63,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         max_tcp_connections: config.relay.max_tcp_connections,
         discovery: config.discovery().into_iter().map(|(_, quad)| quad).collect(),
         account_usage: config.cluster.is_some(),
+        fast_path: false,
     }
 }
 

@@ -632,7 +632,7 @@ fn run_shard(
                         continue;
                     }
                     let c = config.borrow_and_update().clone();
-                    shard.engine.borrow_mut().set_config(c);
+                    shard.engine.borrow_mut().set_config(std::time::Instant::now(), c);
                 }
                 Some(cmd) = commands.recv() => handle_command(&shard, cmd),
             }

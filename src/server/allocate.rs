@@ -303,6 +303,7 @@ impl<R: RelayIo> Engine<R> {
             reservation_token,
             dont_fragment,
             bandwidth: super::Bucket::new(),
+            offloaded: Vec::new(),
             scheduled: None,
         };
         self.table.insert(id, a, now);

@@ -88,6 +88,8 @@ pub struct Allocation<S> {
     pub(crate) bandwidth: super::Bucket,
     /// The deadline this allocation currently has in the timer heap.
     pub(crate) scheduled: Option<Instant>,
+    /// The channels the kernel fast path relays for it now.
+    pub(crate) offloaded: Vec<super::FastPathEntry>,
 }
 
 /// The relay slot (0 or 1) for an address of `ip`'s family.
@@ -357,6 +359,7 @@ mod tests {
             traffic: Traffic::default(),
             billed: (Traffic::default(), created),
             bandwidth: super::super::Bucket::new(),
+            offloaded: Vec::new(),
             scheduled: None,
         }
     }

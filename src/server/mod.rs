@@ -16,6 +16,7 @@ mod allocate;
 mod allocation;
 mod authenticate;
 mod discovery;
+mod fast_path;
 pub mod io;
 mod limits;
 #[cfg(any(test, feature = "test-support"))]
@@ -31,7 +32,7 @@ mod turn;
 pub mod usage;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ use rand_chacha::ChaCha20Rng;
 
 pub use crate::types::{AddressQuad, FiveTuple, PortRange, Transport, DEFAULT_LIFETIME};
 pub use allocation::{Allocation, Channel, Traffic, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
+pub use fast_path::{FastPath, FastPathEntry};
 pub use io::{AllocationId, RelayIo, RelayToken};
 pub use limits::Bucket;
 pub use limits::Quota;
@@ -96,6 +98,8 @@ pub struct EngineConfig {
     pub discovery: Vec<AddressQuad>,
     /// Keep usage by account for [`Engine::take_usage`] (a cluster node bills from it).
     pub account_usage: bool,
+    /// A kernel fast path is attached: offload eligible channels ([`Engine::poll_fast_path`]).
+    pub fast_path: bool,
 }
 
 impl Default for EngineConfig {
@@ -120,6 +124,7 @@ impl Default for EngineConfig {
             max_tcp_connections: 32,
             discovery: Vec::new(),
             account_usage: false,
+            fast_path: false,
         }
     }
 }
@@ -348,6 +353,11 @@ pub struct Engine<R: RelayIo> {
     signed_reply: bool,
     /// What ended allocations used, until [`Engine::take_usage`] hands it out.
     ended_usage: usage::Ledger,
+    /// Commands for the fast path's maps, until [`Engine::poll_fast_path`] takes them.
+    fast_path: VecDeque<FastPath>,
+    /// Ended allocations whose fast-path entries are being removed: their log line waits for
+    /// the program's last counts.
+    ending: HashMap<AllocationId, (Allocation<R::Socket>, EndReason)>,
 }
 
 impl<R: RelayIo> Engine<R> {
@@ -378,6 +388,8 @@ impl<R: RelayIo> Engine<R> {
             shards: 1,
             signed_reply: false,
             ended_usage: Default::default(),
+            fast_path: VecDeque::new(),
+            ending: HashMap::new(),
         }
     }
 
@@ -403,8 +415,9 @@ impl<R: RelayIo> Engine<R> {
     }
 
     /// Replaces the configuration for new requests (existing allocations keep their relays).
-    pub fn set_config(&mut self, config: Arc<EngineConfig>) {
+    pub fn set_config(&mut self, now: Instant, config: Arc<EngineConfig>) {
         self.config = config;
+        self.sync_fast_path_all(now);
     }
 
     pub fn io(&self) -> &R {
@@ -616,6 +629,7 @@ impl<R: RelayIo> Engine<R> {
             self.stats.permissions_active.add(-(perms as i64));
             self.stats.channels_active.add(-(chans as i64));
             self.table.reschedule(id, now);
+            self.sync_fast_path(id, now);
         }
     }
 
@@ -625,6 +639,19 @@ impl<R: RelayIo> Engine<R> {
         self.tcp_listeners.remove(&id);
         self.drop_connections_of(id);
         let Some(mut a) = self.table.remove(id) else { return };
+        if a.offloaded.is_empty() {
+            return self.finish_allocation(now, a, reason);
+        }
+        // Its relay sockets close now; the log line waits for the program's last counts.
+        a.relays = [None, None];
+        for e in &a.offloaded {
+            self.fast_path.push_back(FastPath::Remove(*e));
+        }
+        self.ending.insert(id, (a, reason));
+    }
+
+    /// Bills, counts and logs an allocation that ended.
+    fn finish_allocation(&mut self, now: Instant, mut a: Allocation<R::Socket>, reason: EndReason) {
         self.bill_ended(&mut a, now);
         let m = &self.stats;
         self.shared.quota.release(&a.username);

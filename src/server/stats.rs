@@ -164,6 +164,8 @@ pub struct Stats {
     /// TCP connections closed at accept because of a connection cap.
     pub connections_refused: Count,
     pub discovery: [Count; DiscoveryKind::COUNT],
+    /// Packets the kernel fast path relayed, by direction (also in `relay_packets`).
+    pub fast_path: [Count; 2],
 }
 
 impl Stats {
@@ -174,6 +176,12 @@ impl Stats {
     pub fn relayed(&self, d: Direction, bytes: usize) {
         self.relay_packets[d as usize].inc();
         self.relay_bytes[d as usize].add(bytes as u64);
+    }
+
+    /// `packets` relayed at once, `bytes` in all (the fast path's reports).
+    pub fn relayed_many(&self, d: Direction, packets: u64, bytes: u64) {
+        self.relay_packets[d as usize].add(packets);
+        self.relay_bytes[d as usize].add(bytes);
     }
 
     pub fn framed(&self, f: Framing) {

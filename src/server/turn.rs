@@ -95,6 +95,11 @@ impl<R: RelayIo> Engine<R> {
             _ => self.channel_bind(now, tuple, &attrs, &auth),
         };
         self.stats.turn_request(method, result.is_ok());
+        if result.is_ok() {
+            if let Some(id) = self.table.id_for(tuple) {
+                self.sync_fast_path(id, now);
+            }
+        }
         let joined = match result {
             Ok(Outcome::Joined(cid)) => Some(cid),
             _ => None,
