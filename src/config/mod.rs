@@ -281,6 +281,25 @@ pub struct ClusterConfig {
     pub usage_retention: Duration,
 }
 
+/// `[xdp]`: the ChannelData fast path; off while `interfaces` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XdpConfig {
+    /// The interfaces the program is attached to (those clients and peers reach turnd on).
+    pub interfaces: Vec<String>,
+    pub mode: XdpMode,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before an skb exists (the fast one; the driver must support it).
+    #[default]
+    Native,
+    /// After the skb is built: works on every interface, and gains less.
+    Generic,
+}
+
 /// `[admin]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
@@ -321,6 +340,7 @@ pub struct Config {
     /// Absent: a single node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,
+    pub xdp: XdpConfig,
     pub log: LogConfig,
 }
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{LogFormat, Protocol};
+use super::{LogFormat, Protocol, XdpMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +40,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
+    pub(super) xdp: Option<RawXdp>,
+    #[serde(default)]
     pub(super) log: Option<RawLog>,
 }
 
@@ -57,6 +59,15 @@ pub(super) struct RawCluster {
     pub(super) lease_ttl: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) usage_retention: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawXdp {
+    #[serde(default)]
+    pub(super) interfaces: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) mode: Option<XdpMode>,
 }
 
 #[derive(Deserialize, Default)]

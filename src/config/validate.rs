@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::Spanned;
 
-use super::schema::{RawAuth, RawCluster, RawConfig, RawListen, RawNatDiscovery, RawRelay};
+use super::schema::{RawAuth, RawCluster, RawConfig, RawListen, RawNatDiscovery, RawRelay, RawXdp};
 use super::*;
 
 /// Largest `threads` value accepted.
@@ -215,6 +215,7 @@ impl Config {
         let nat_discovery = validate_nat_discovery(&cx, raw.nat_discovery.unwrap_or_default(), &listen)?;
 
         let cluster = raw.cluster.map(|c| validate_cluster(&cx, c)).transpose()?;
+        let xdp = validate_xdp(&cx, raw.xdp.unwrap_or_default())?;
 
         Ok(Config {
             source,
@@ -236,6 +237,7 @@ impl Config {
             limits: LimitsConfig { unauthenticated_rate },
             nat_discovery,
             cluster,
+            xdp,
             log,
         })
     }
@@ -566,6 +568,27 @@ fn validate_cluster(cx: &Ctx<'_>, raw: Spanned<RawCluster>) -> Result<ClusterCon
             Duration::from_secs(3600),
             "cluster.usage_retention",
         )?,
+    })
+}
+
+/// `[xdp]`: interface names as the kernel allows them (1 to 15 bytes, no '/', ':' or space),
+/// each once.
+fn validate_xdp(cx: &Ctx<'_>, raw: RawXdp) -> Result<XdpConfig, ConfigError> {
+    let mut interfaces: Vec<String> = Vec::new();
+    for i in raw.interfaces.unwrap_or_default() {
+        let v = i.get_ref();
+        let ok = |c: char| c.is_ascii_graphic() && !matches!(c, '/' | ':');
+        if v.is_empty() || v.len() > 15 || !v.chars().all(ok) {
+            return Err(cx.err(i.span(), format!("xdp.interfaces: {v:?} is not an interface name")));
+        }
+        if interfaces.contains(v) {
+            return Err(cx.err(i.span(), format!("xdp.interfaces names {v:?} twice")));
+        }
+        interfaces.push(i.into_inner());
+    }
+    Ok(XdpConfig {
+        interfaces,
+        mode: raw.mode.unwrap_or_default(),
     })
 }
 

@@ -26,7 +26,15 @@ pub mod status;
 pub use process::ProcStats;
 
 /// The version string: crate version and git revision.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TURND_GIT_REVISION"), ")");
+/// The version, the revision, and whether the XDP fast path is built in.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TURND_GIT_REVISION"),
+    "; ",
+    env!("TURND_XDP_BUILD"),
+    ")"
+);
 
 #[cfg(test)]
 mod tests {

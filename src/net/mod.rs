@@ -13,6 +13,7 @@ mod socket;
 mod tcp;
 mod tcp_relay;
 mod udp;
+pub mod xdp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -182,6 +183,8 @@ pub(crate) enum ShardCommand {
 pub struct Shards {
     commands: Vec<mpsc::UnboundedSender<ShardCommand>>,
     config: Arc<watch::Sender<Arc<EngineConfig>>>,
+    /// The XDP program, when `[xdp]` attached it.
+    fast_path: Option<Arc<xdp::FastPathMaps>>,
 }
 
 impl Shards {
@@ -241,7 +244,17 @@ impl Shards {
 
     /// Applies a new engine configuration to new requests on every shard.
     pub fn set_engine_config(&self, config: Arc<EngineConfig>) {
+        let mut config = config;
+        // Whether the program is attached is the driver's to say, not the file's.
+        if config.fast_path != self.fast_path.is_some() {
+            Arc::make_mut(&mut config).fast_path = self.fast_path.is_some();
+        }
         self.config.send_replace(config);
+    }
+
+    /// The attached XDP program, if any.
+    pub fn fast_path(&self) -> Option<&Arc<xdp::FastPathMaps>> {
+        self.fast_path.as_ref()
     }
 }
 
@@ -353,6 +366,24 @@ impl Server {
             }
         }
 
+        // The fast path: attached before the shards start, so that the first ChannelBind can
+        // use it. If it cannot be attached, turnd says why and relays on sockets.
+        let fast_path = if config.xdp.interfaces.is_empty() {
+            None
+        } else {
+            match xdp::FastPathMaps::attach(&config.xdp) {
+                Ok(maps) => {
+                    tracing::info!(interfaces = ?config.xdp.interfaces, mode = ?config.xdp.mode, "XDP fast path attached");
+                    Some(maps)
+                }
+                Err(e) => {
+                    tracing::warn!("XDP fast path off, relaying on sockets: {e}");
+                    None
+                }
+            }
+        };
+        let mut engine = engine;
+        engine.fast_path = fast_path.is_some();
         let (stop, stop_rx) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(Arc::new(engine));
         // Every shard can reach every other: a TCP relay's ConnectionBind may land on a shard
@@ -371,6 +402,7 @@ impl Server {
             },
             stop: stop_rx,
             siblings: Arc::new(commands.clone()),
+            fast_path: fast_path.clone(),
         };
         let unnamed = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut handles = Vec::with_capacity(shards);
@@ -393,6 +425,7 @@ impl Server {
             handles: Shards {
                 commands,
                 config: Arc::new(config_tx),
+                fast_path,
             },
         })
     }
@@ -557,6 +590,7 @@ struct ShardCommon {
     clock: Epoch,
     stop: watch::Receiver<bool>,
     siblings: Arc<Vec<mpsc::UnboundedSender<ShardCommand>>>,
+    fast_path: Option<Arc<xdp::FastPathMaps>>,
 }
 
 fn run_shard(
@@ -574,6 +608,7 @@ fn run_shard(
         clock,
         stop,
         siblings,
+        fast_path,
     } = common;
     let engine_config = config.borrow_and_update().clone();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -596,6 +631,10 @@ fn run_shard(
         ) {
             Ok(shard) => {
                 let _ = shard.siblings.set((index, siblings));
+                if let Some(maps) = fast_path {
+                    let _ = shard.fast_path.set(xdp::ShardFastPath::new(maps));
+                    tokio::task::spawn_local(shard::fast_path_counts(shard.clone()));
+                }
                 shard
             }
             Err(e) => {
@@ -632,15 +671,17 @@ fn run_shard(
                         continue;
                     }
                     let c = config.borrow_and_update().clone();
-                    shard.engine.borrow_mut().set_config(std::time::Instant::now(), c);
+                    let mut engine = shard.engine.borrow_mut();
+                    engine.set_config(std::time::Instant::now(), c);
+                    shard.rearm(&mut engine);
                 }
                 Some(cmd) = commands.recv() => handle_command(&shard, cmd),
             }
         }
-        // Ending every allocation drops its relay sockets before the runtime goes away.
-        shard
-            .engine
-            .borrow_mut()
-            .end_all(std::time::Instant::now(), crate::server::EndReason::Shutdown);
+        // Ending every allocation drops its relay sockets (and its fast-path entries) before
+        // the runtime goes away.
+        let mut engine = shard.engine.borrow_mut();
+        engine.end_all(std::time::Instant::now(), crate::server::EndReason::Shutdown);
+        shard.rearm(&mut engine);
     });
 }

@@ -158,6 +158,8 @@ pub struct Shard {
     pub stop: watch::Receiver<bool>,
     /// This shard's index and every shard's command queue (set once at start).
     pub siblings: std::cell::OnceCell<(usize, Arc<Vec<UnboundedSender<super::ShardCommand>>>)>,
+    /// The XDP program's maps, when it is attached (set once at start).
+    pub fast_path: std::cell::OnceCell<super::xdp::ShardFastPath>,
 }
 
 impl Shard {
@@ -185,6 +187,7 @@ impl Shard {
             timer: Notify::new(),
             stop,
             siblings: std::cell::OnceCell::new(),
+            fast_path: std::cell::OnceCell::new(),
         }))
     }
 
@@ -302,9 +305,13 @@ impl Shard {
         self.egress.flush_udp(&stats);
     }
 
-    /// Wakes the timer task if the engine's next deadline moved earlier. Called after every
-    /// batch handed to the engine (the engine's call-order contract).
+    /// Carries out the engine's fast-path commands, then wakes the timer task if the
+    /// engine's next deadline moved earlier. Called after every batch handed to the engine
+    /// (the engine's call-order contract).
     pub fn rearm(&self, engine: &mut Engine<NetRelay>) {
+        if let Some(fp) = self.fast_path.get() {
+            fp.apply(engine);
+        }
         let next = engine.poll_timeout();
         let armed = self.armed.get();
         if next.is_some() && (armed.is_none() || next < armed) {
@@ -356,6 +363,22 @@ pub async fn flusher(shard: Rc<Shard>) {
     }
 }
 
+/// Once a second, hands the XDP program's per-entry counts to the engine: metrics, `turnd
+/// sessions` and usage stay live while the program relays.
+pub async fn fast_path_counts(shard: Rc<Shard>) {
+    let mut stop = shard.stop.clone();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let (Some(fp), Ok(mut engine)) = (shard.fast_path.get(), shard.engine.try_borrow_mut()) {
+            fp.collect(&mut engine);
+        }
+    }
+}
+
 /// Runs the engine's timers: sleeps until the next deadline, expires what is due.
 pub async fn timers(shard: Rc<Shard>) {
     let mut stop = shard.stop.clone();
@@ -369,7 +392,13 @@ pub async fn timers(shard: Rc<Shard>) {
             }
         };
         tokio::select! {
-            _ = sleep => shard.engine.borrow_mut().handle_timeout(Instant::now()),
+            _ = sleep => {
+                let mut engine = shard.engine.borrow_mut();
+                engine.handle_timeout(Instant::now());
+                if let Some(fp) = shard.fast_path.get() {
+                    fp.apply(&mut engine);
+                }
+            }
             _ = shard.timer.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }

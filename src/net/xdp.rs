@@ -1,0 +1,382 @@
+//! The XDP fast path's driver side (issue 20). [`FastPathMaps::attach`] loads
+//! `bpf/turnd_xdp.c` (built by build.rs), attaches it to the `[xdp]` interfaces and keeps its
+//! maps. Each shard turns its engine's [`FastPath`] commands into map writes
+//! ([`ShardFastPath::apply`]) and, once a second and at every removal, hands the program's
+//! per-entry counters back to the engine ([`ShardFastPath::collect`]).
+//!
+//! The program's links are `bpf_link`s owned by this process: they go when it exits, however
+//! it exits, so a crash leaves no program attached. Map writes are control-plane work
+//! (ChannelBind, expiry), never per packet, so one mutex serves every shard.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::XdpConfig;
+use crate::server::{Engine, FastPath, FastPathEntry, RelayIo, Traffic};
+
+/// The program's own counters, by index (bpf/turnd_xdp.c `STAT_*`).
+pub const PROGRAM_STATS: [&str; 5] = [
+    "to_peer",
+    "to_client",
+    "passed_expired",
+    "passed_length",
+    "passed_route",
+];
+
+#[cfg_attr(not(turnd_xdp), allow(dead_code))]
+/// Map keys and values as the program lays them out: addresses in 16 bytes (IPv4 mapped),
+/// ports and channel numbers in network byte order.
+mod layout {
+    use super::*;
+
+    pub type Key = [u8; 40];
+    pub type Route = [u8; 56];
+
+    fn ip16(ip: IpAddr) -> [u8; 16] {
+        match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+
+    fn pair(a: SocketAddr, b: SocketAddr) -> [u8; 36] {
+        let mut k = [0u8; 36];
+        k[..16].copy_from_slice(&ip16(a.ip()));
+        k[16..32].copy_from_slice(&ip16(b.ip()));
+        k[32..34].copy_from_slice(&a.port().to_be_bytes());
+        k[34..36].copy_from_slice(&b.port().to_be_bytes());
+        k
+    }
+
+    /// `struct client_key`: what a client's ChannelData is looked up by.
+    pub fn client_key(e: &FastPathEntry) -> Key {
+        let mut k = [0u8; 40];
+        k[..36].copy_from_slice(&pair(e.client, e.listener));
+        k[36..38].copy_from_slice(&e.channel.get().to_be_bytes());
+        k
+    }
+
+    /// `struct peer_key`: what a peer's datagram to a relay port is looked up by.
+    pub fn peer_key(e: &FastPathEntry) -> Key {
+        let mut k = [0u8; 40];
+        k[..36].copy_from_slice(&pair(e.peer, e.relay));
+        k
+    }
+
+    /// `struct route`: to, from, the channel, flags, the deadline and the counter slot.
+    pub fn route(to: SocketAddr, from: SocketAddr, e: &FastPathEntry, expires_ns: u64, slot: u32) -> Route {
+        let mut r = [0u8; 56];
+        r[..36].copy_from_slice(&pair(to, from));
+        r[36..38].copy_from_slice(&e.channel.get().to_be_bytes());
+        r[38..40].copy_from_slice(&u16::from(e.dont_fragment).to_ne_bytes());
+        r[40..48].copy_from_slice(&expires_ns.to_ne_bytes());
+        r[48..52].copy_from_slice(&slot.to_ne_bytes());
+        r
+    }
+}
+
+#[cfg_attr(not(turnd_xdp), allow(dead_code))]
+/// Where `t` falls on CLOCK_MONOTONIC, the program's clock (`bpf_ktime_get_ns`). `Instant` is
+/// CLOCK_MONOTONIC on Linux too; the offset is taken afresh each time.
+fn monotonic_ns(t: Instant) -> u64 {
+    let now = Instant::now();
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let now_ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0);
+    if t >= now {
+        now_ns.saturating_add(u64::try_from(t.duration_since(now).as_nanos()).unwrap_or(u64::MAX))
+    } else {
+        now_ns.saturating_sub(u64::try_from(now.duration_since(t).as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(turnd_xdp)]
+mod program {
+    use aya::maps::{HashMap as BpfHash, MapData, PerCpuArray, PerCpuValues};
+    use aya::programs::{Xdp, XdpMode as AyaMode};
+    use aya::Ebpf;
+
+    use super::layout::{Key, Route};
+    use super::*;
+    use crate::config::XdpMode;
+
+    /// The program's object file, compiled by build.rs.
+    static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/turnd_xdp.o"));
+    const SLOTS: u32 = 65536;
+
+    /// The loaded program, its links and its maps.
+    pub struct Program {
+        /// Holds the program and its links: dropping it detaches everywhere.
+        _ebpf: Ebpf,
+        clients: BpfHash<MapData, Key, Route>,
+        peers: BpfHash<MapData, Key, Route>,
+        counts: PerCpuArray<MapData, [u64; 4]>,
+        stats: PerCpuArray<MapData, u64>,
+        cpus: usize,
+        free: Vec<u32>,
+        next: u32,
+    }
+
+    fn map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, String>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = ebpf
+            .take_map(name)
+            .ok_or_else(|| format!("the program has no map {name}"))?;
+        T::try_from(m).map_err(|e| format!("map {name}: {e}"))
+    }
+
+    impl Program {
+        pub fn attach(config: &XdpConfig) -> Result<Program, String> {
+            let mut ebpf = Ebpf::load(OBJECT).map_err(|e| format!("cannot load the XDP program: {e}"))?;
+            let prog: &mut Xdp = ebpf
+                .program_mut("turnd_xdp")
+                .ok_or("the object has no turnd_xdp program")?
+                .try_into()
+                .map_err(|e| format!("turnd_xdp is not an XDP program: {e}"))?;
+            prog.load()
+                .map_err(|e| format!("the kernel refused the XDP program: {e}"))?;
+            let mode = match config.mode {
+                XdpMode::Native => AyaMode::Driver,
+                XdpMode::Generic => AyaMode::Skb,
+            };
+            for name in &config.interfaces {
+                prog.attach(name, mode)
+                    .map_err(|e| format!("cannot attach XDP to {name} ({:?} mode): {e}", config.mode))?;
+            }
+            let cpus = aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))?;
+            Ok(Program {
+                clients: map(&mut ebpf, "turnd_clients")?,
+                peers: map(&mut ebpf, "turnd_peers")?,
+                counts: map(&mut ebpf, "turnd_counts")?,
+                stats: map(&mut ebpf, "turnd_stats")?,
+                _ebpf: ebpf,
+                cpus,
+                free: Vec::new(),
+                next: 0,
+            })
+        }
+
+        /// Writes both directions of `e`; a new entry gets a zeroed counter slot.
+        pub fn install(&mut self, e: &FastPathEntry, slot: Option<u32>) -> Result<u32, String> {
+            let slot = match slot {
+                Some(s) => s,
+                None => {
+                    let s = match self.free.pop() {
+                        Some(s) => s,
+                        None if self.next < SLOTS => {
+                            self.next += 1;
+                            self.next - 1
+                        }
+                        None => return Err("all 65536 fast-path entries are in use".into()),
+                    };
+                    let zero = PerCpuValues::try_from(vec![[0u64; 4]; self.cpus]).map_err(|e| e.to_string())?;
+                    if let Err(err) = self.counts.set(s, zero, 0) {
+                        self.free.push(s);
+                        return Err(err.to_string());
+                    }
+                    s
+                }
+            };
+            let expires = monotonic_ns(e.expires);
+            let to_peer = layout::route(e.peer, e.relay, e, expires, slot);
+            let to_client = layout::route(e.client, e.listener, e, expires, slot);
+            let written = self
+                .clients
+                .insert(layout::client_key(e), to_peer, 0)
+                .and_then(|()| self.peers.insert(layout::peer_key(e), to_client, 0));
+            if let Err(err) = written {
+                self.delete(e);
+                self.free.push(slot);
+                return Err(err.to_string());
+            }
+            Ok(slot)
+        }
+
+        fn delete(&mut self, e: &FastPathEntry) {
+            // Absent keys are fine: an entry whose install failed half-way.
+            let _ = self.clients.remove(&layout::client_key(e));
+            let _ = self.peers.remove(&layout::peer_key(e));
+        }
+
+        /// Deletes both directions of `e` and frees its slot; returns its final counts.
+        pub fn remove(&mut self, e: &FastPathEntry, slot: u32) -> Traffic {
+            self.delete(e);
+            let t = self.counts(slot);
+            self.free.push(slot);
+            t
+        }
+
+        /// What the program relayed on `slot` since it was installed, summed over CPUs.
+        pub fn counts(&self, slot: u32) -> Traffic {
+            let mut t = Traffic::default();
+            if let Ok(per_cpu) = self.counts.get(&slot, 0) {
+                for c in per_cpu.iter() {
+                    t.to_peer_packets += c[0];
+                    t.to_peer_bytes += c[1];
+                    t.to_client_packets += c[2];
+                    t.to_client_bytes += c[3];
+                }
+            }
+            t
+        }
+
+        /// The program's own counters ([`PROGRAM_STATS`]), summed over CPUs.
+        pub fn stats(&self) -> [u64; 5] {
+            let mut out = [0u64; 5];
+            for (i, v) in out.iter_mut().enumerate() {
+                if let Ok(per_cpu) = self.stats.get(&(i as u32), 0) {
+                    *v = per_cpu.iter().sum();
+                }
+            }
+            out
+        }
+    }
+}
+
+#[cfg(not(turnd_xdp))]
+mod program {
+    use super::*;
+
+    /// This build has no XDP program: attaching always fails, so no value exists.
+    pub enum Program {}
+
+    impl Program {
+        pub fn attach(_: &XdpConfig) -> Result<Program, String> {
+            Err(format!("this turnd was {}", env!("TURND_XDP_BUILD")))
+        }
+        pub fn install(&mut self, _: &FastPathEntry, _: Option<u32>) -> Result<u32, String> {
+            match *self {}
+        }
+        pub fn remove(&mut self, _: &FastPathEntry, _: u32) -> Traffic {
+            match *self {}
+        }
+        pub fn counts(&self, _: u32) -> Traffic {
+            match *self {}
+        }
+        pub fn stats(&self) -> [u64; 5] {
+            match *self {}
+        }
+    }
+}
+
+/// Whether this build carries the XDP program.
+pub const BUILT_IN: bool = cfg!(turnd_xdp);
+
+/// The attached program and its maps, shared by every shard.
+pub struct FastPathMaps(Mutex<program::Program>);
+
+impl std::fmt::Debug for FastPathMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FastPathMaps")
+    }
+}
+
+impl FastPathMaps {
+    /// Loads the program and attaches it to every `[xdp]` interface; the error says why not
+    /// in one line.
+    pub fn attach(config: &XdpConfig) -> Result<Arc<FastPathMaps>, String> {
+        program::Program::attach(config).map(|p| Arc::new(FastPathMaps(Mutex::new(p))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, program::Program> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The program's own counters, by [`PROGRAM_STATS`] name.
+    pub fn stats(&self) -> [u64; 5] {
+        self.lock().stats()
+    }
+}
+
+/// One installed entry on a shard: its counter slot and the counts already reported.
+struct Installed {
+    entry: FastPathEntry,
+    slot: u32,
+    reported: Traffic,
+}
+
+/// A shard's side of the fast path: the entries its engine installed.
+pub struct ShardFastPath {
+    maps: Arc<FastPathMaps>,
+    installed: RefCell<HashMap<layout::Key, Installed>>,
+}
+
+fn minus(a: Traffic, b: Traffic) -> Traffic {
+    Traffic {
+        to_peer_packets: a.to_peer_packets.saturating_sub(b.to_peer_packets),
+        to_peer_bytes: a.to_peer_bytes.saturating_sub(b.to_peer_bytes),
+        to_client_packets: a.to_client_packets.saturating_sub(b.to_client_packets),
+        to_client_bytes: a.to_client_bytes.saturating_sub(b.to_client_bytes),
+    }
+}
+
+impl ShardFastPath {
+    pub fn new(maps: Arc<FastPathMaps>) -> ShardFastPath {
+        ShardFastPath {
+            maps,
+            installed: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Carries out every command the engine queued. A removal reports the entry's last
+    /// counts at once, so an ended allocation's log line has them.
+    pub fn apply<R: RelayIo>(&self, engine: &mut Engine<R>) {
+        let now = Instant::now();
+        while let Some(cmd) = engine.poll_fast_path() {
+            let mut installed = self.installed.borrow_mut();
+            match cmd {
+                FastPath::Install(e) => {
+                    let key = layout::client_key(&e);
+                    let slot = installed.get(&key).map(|i| i.slot);
+                    match self.maps.lock().install(&e, slot) {
+                        Ok(slot) => {
+                            let reported = installed.get(&key).map_or_else(Traffic::default, |i| i.reported);
+                            installed.insert(
+                                key,
+                                Installed {
+                                    entry: e,
+                                    slot,
+                                    reported,
+                                },
+                            );
+                        }
+                        // The channel stays on the socket path, which is always correct.
+                        Err(err) => tracing::warn!(client = %e.client, "fast path: cannot install a channel: {err}"),
+                    }
+                }
+                FastPath::Remove(e) => {
+                    let last = match installed.remove(&layout::client_key(&e)) {
+                        Some(i) => minus(self.maps.lock().remove(&i.entry, i.slot), i.reported),
+                        None => Traffic::default(),
+                    };
+                    drop(installed);
+                    engine.handle_fast_path_traffic(now, &e, last, true);
+                }
+            }
+        }
+    }
+
+    /// Reports what the program relayed since the last report, entry by entry.
+    pub fn collect<R: RelayIo>(&self, engine: &mut Engine<R>) {
+        let now = Instant::now();
+        let mut deltas = Vec::new();
+        {
+            let maps = self.maps.lock();
+            for i in self.installed.borrow_mut().values_mut() {
+                let total = maps.counts(i.slot);
+                let delta = minus(total, i.reported);
+                if delta.to_peer_packets + delta.to_client_packets > 0 {
+                    i.reported = total;
+                    deltas.push((i.entry, delta));
+                }
+            }
+        }
+        for (e, d) in deltas {
+            engine.handle_fast_path_traffic(now, &e, d, false);
+        }
+    }
+}
