@@ -2102,7 +2102,7 @@ fn the_programs_counts_join_a_live_allocation_and_shutdown_takes_every_entry_bac
 }
 
 #[test]
-fn tcp_clients_capped_allocations_and_a_server_without_the_program_offload_nothing() {
+fn tcp_clients_capped_allocations_other_family_peers_and_a_server_without_the_program_offload_nothing() {
     // ChannelData over TCP stays in userspace.
     let mut w = World::new(fast_config());
     let mut c = alice();
@@ -2134,6 +2134,23 @@ fn tcp_clients_capped_allocations_and_a_server_without_the_program_offload_nothi
     assert_eq!(removed(&w.fast_path()).len(), 1);
     w.engine.set_config(w.now, Arc::new(fast_config()));
     assert_eq!(installed(&w.fast_path()).len(), 1);
+    // A peer of the other family (a dual allocation) stays on sockets: the program cannot
+    // turn an IPv4 header into an IPv6 one.
+    let mut cfg = fast_config();
+    cfg.relay_addresses = vec![IpAddr::from([127, 0, 0, 1]), "::1".parse().unwrap()];
+    let mut w = World::new(cfg);
+    let mut c = alice();
+    success(&w.ask(&mut c, &t, |c| {
+        c.request(Method::ALLOCATE, |w| {
+            let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            let _ = w.attr(AttrType::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+        })
+    }));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4001, "[::1]:9".parse().unwrap())));
+    success(&w.ask(&mut c, &t, |c| c.channel_bind(0x4002, peer(7000))));
+    let e = installed(&w.fast_path());
+    assert_eq!(e.len(), 1, "only the IPv4 peer: {e:?}");
+    assert_eq!(e[0].peer, peer(7000));
     // Without the program, the engine queues nothing.
     let mut w = World::new(config());
     let mut c = alice();

@@ -55,11 +55,22 @@ struct BuildLabels {
     revision: &'static str,
 }
 
+/// Reads the XDP program's own counters: (reason, packets) for what it passed to the stack.
+pub type PassedReader = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
 /// Every shard's counters, registered as the shards start.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ShardSet {
     // Taken at shard start and at scrape time, never on the packet path.
     shards: Mutex<Vec<Arc<Stats>>>,
+    /// The XDP program's counters, when it is attached.
+    fast_path: Mutex<Option<PassedReader>>,
+}
+
+impl std::fmt::Debug for ShardSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardSet")
+    }
 }
 
 impl ShardSet {
@@ -233,6 +244,22 @@ impl Collector for ShardCollector {
                 .iter()
                 .map(|&k| ([("kind", k.as_str())], c(&|s| &s.discovery[k as usize]))),
         )?;
+        family(
+            &mut enc,
+            "turnd_xdp_relayed_packets",
+            "Packets the XDP fast path relayed, by direction (also in turnd_relay_packets)",
+            MetricType::Counter,
+            directions().map(|d| ([("direction", d.as_str())], c(&|s| &s.fast_path[d as usize]))),
+        )?;
+        if let Some(read) = &*self.0.fast_path.lock().unwrap_or_else(|e| e.into_inner()) {
+            family(
+                &mut enc,
+                "turnd_xdp_passed_packets",
+                "Packets of an offloaded channel that the XDP program handed to the stack, by reason",
+                MetricType::Counter,
+                read().into_iter().map(|(r, v)| ([("reason", r)], i128::from(v))),
+            )?;
+        }
         counter(
             &mut enc,
             "turnd_tcp_connections_refused",
@@ -303,6 +330,11 @@ impl Metrics {
             f.get_or_create(&NodeStateLabels { state: "draining" })
                 .set(draining as i64);
         }
+    }
+
+    /// Exports the XDP program's own counters (`turnd_xdp_passed_packets`).
+    pub fn register_fast_path(&self, read: PassedReader) {
+        *self.shards.fast_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(read);
     }
 
     /// Adds a shard's counters to what is exported.

@@ -374,6 +374,8 @@ impl Server {
             match xdp::FastPathMaps::attach(&config.xdp) {
                 Ok(maps) => {
                     tracing::info!(interfaces = ?config.xdp.interfaces, mode = ?config.xdp.mode, "XDP fast path attached");
+                    let m = maps.clone();
+                    metrics.register_fast_path(Box::new(move || m.passed()));
                     Some(maps)
                 }
                 Err(e) => {

@@ -225,8 +225,8 @@ mod program {
         }
 
         /// The program's own counters ([`PROGRAM_STATS`]), summed over CPUs.
-        pub fn stats(&self) -> [u64; 5] {
-            let mut out = [0u64; 5];
+        pub fn stats(&self) -> [u64; 6] {
+            let mut out = [0u64; 6];
             for (i, v) in out.iter_mut().enumerate() {
                 if let Ok(per_cpu) = self.stats.get(&(i as u32), 0) {
                     *v = per_cpu.iter().sum();
@@ -257,7 +257,7 @@ mod program {
         pub fn counts(&self, _: u32) -> Traffic {
             match *self {}
         }
-        pub fn stats(&self) -> [u64; 5] {
+        pub fn stats(&self) -> [u64; 6] {
             match *self {}
         }
     }
@@ -279,7 +279,16 @@ impl FastPathMaps {
     /// Loads the program and attaches it to every `[xdp]` interface; the error says why not
     /// in one line.
     pub fn attach(config: &XdpConfig) -> Result<Arc<FastPathMaps>, String> {
+        for name in &config.interfaces {
+            check_forwarding(name)?;
+        }
         program::Program::attach(config).map(|p| Arc::new(FastPathMaps(Mutex::new(p))))
+    }
+
+    /// Why the program handed packets of offloaded channels to the stack, by reason.
+    pub fn passed(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        PROGRAM_STATS.iter().copied().zip(s).skip(2).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, program::Program> {
@@ -287,9 +296,35 @@ impl FastPathMaps {
     }
 
     /// The program's own counters, by [`PROGRAM_STATS`] name.
-    pub fn stats(&self) -> [u64; 5] {
+    pub fn stats(&self) -> [u64; 6] {
         self.lock().stats()
     }
+}
+
+/// The kernel's route lookup from XDP (`bpf_fib_lookup`) answers only on an interface that
+/// forwards: IPv4 forwarding is required, IPv6's is optional (without it IPv6 stays on
+/// sockets).
+fn check_forwarding(name: &str) -> Result<(), String> {
+    let read = |family: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{family}/conf/{name}/forwarding")).map(|v| v.trim() == "1")
+    };
+    match read("ipv4") {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(format!(
+                "[xdp] needs forwarding on {name}: the kernel's route lookup for XDP answers only there \
+                 (sysctl -w net.ipv4.conf.{name}.forwarding=1; drop forwarded traffic in the firewall if the \
+                 host must not route)"
+            ))
+        }
+        Err(e) => return Err(format!("[xdp] interface {name}: {e}")),
+    }
+    if !read("ipv6").unwrap_or(false) {
+        tracing::warn!(
+            "XDP: net.ipv6.conf.{name}.forwarding is off, so IPv6 channels on {name} stay on sockets"
+        );
+    }
+    Ok(())
 }
 
 /// One installed entry on a shard: its counter slot and the counts already reported.

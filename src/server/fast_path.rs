@@ -1,6 +1,7 @@
 //! The kernel fast path's entries (issue 20: XDP relays ChannelData over UDP). The engine
 //! alone decides which channels may be relayed without it: a bound channel whose peer has a
-//! live permission, on a UDP allocation with no bandwidth cap. After every change it compares
+//! live permission and the client's address family, on a UDP allocation with no bandwidth
+//! cap. After every change it compares
 //! what an allocation may offload with what it has offloaded and queues [`FastPath`] commands
 //! for the driver, which writes them to the BPF maps. One writer per entry: the engine of the
 //! allocation's shard.
@@ -72,9 +73,12 @@ fn wanted<S>(config: &EngineConfig, id: AllocationId, a: &Allocation<S>, now: In
     if !eligible {
         return Vec::new();
     }
+    // A peer of the client's family only: the program rewrites headers in place, and an
+    // IPv4 header cannot become an IPv6 one there.
+    let family = a.tuple.client.is_ipv4();
     a.channels
         .iter()
-        .filter(|(_, c)| now < c.expires)
+        .filter(|(_, c)| now < c.expires && c.peer.is_ipv4() == family)
         .filter_map(|(&channel, c)| {
             let permission = *a.permissions.get(&c.peer.ip()).filter(|&&e| now < e)?;
             Some(FastPathEntry {
