@@ -6,28 +6,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::tls::write_cert;
-use common::Turnd;
-
-/// turnd-load, built from this workspace if it is not there yet.
-fn turnd_load() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bin = root.join("target/debug/turnd-load");
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "turnd-load"])
-            .current_dir(root)
-            .status()
-            .expect("cargo")
-            .success();
-        assert!(ok, "cannot build turnd-load");
-    }
-    bin
-}
+use common::{turnd_load, Turnd};
 
 fn candidates_of(r: &serde_json::Value) -> &serde_json::Map<String, serde_json::Value> {
     r["selfTest"]["candidates"].as_object().unwrap()

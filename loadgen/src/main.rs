@@ -331,13 +331,13 @@ fn adopt_realm(c: &mut TestClient, args: &Args) {
 /// Allocates on `sock` (401 exchange included) and returns the client and relayed address.
 fn allocate(sock: &UdpSocket, args: &Args) -> io::Result<(TestClient, SocketAddr)> {
     let mut c = new_client(args);
-    let req = c.allocate();
+    let req = c.allocate_family(args.server.is_ipv6());
     let r = c.read(&transact(sock, &req)?);
     if r.error != Some(401) {
         return Err(io::Error::other(format!("expected a 401 challenge, got {r:?}")));
     }
     adopt_realm(&mut c, args);
-    let req = c.allocate();
+    let req = c.allocate_family(args.server.is_ipv6());
     let r = c.read(&transact(sock, &req)?);
     match (r.class, r.relayed.first()) {
         (Some(Class::Success), Some(relayed)) => Ok((c, *relayed)),

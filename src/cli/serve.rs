@@ -46,6 +46,8 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         relay_external: config.relay.external.clone(),
         relay_ports: config.relay.ports,
         max_lifetime: config.relay.max_lifetime,
+        permission_lifetime: config.relay.permission_lifetime,
+        channel_lifetime: config.relay.channel_lifetime,
         nonce_lifetime: config.auth.nonce_lifetime,
         max_allocations_per_user: config.relay.max_allocations_per_user,
         max_allocations: config.relay.max_allocations,

@@ -160,6 +160,12 @@ pub struct RelayConfig {
     pub ports: PortRange,
     #[serde(serialize_with = "render::duration")]
     pub max_lifetime: Duration,
+    /// How long a permission lasts (RFC 8656: 5 minutes; shorter for labs and tests).
+    #[serde(serialize_with = "render::duration")]
+    pub permission_lifetime: Duration,
+    /// How long a channel binding lasts (RFC 8656: 10 minutes; shorter for labs and tests).
+    #[serde(serialize_with = "render::duration")]
+    pub channel_lifetime: Duration,
     pub max_allocations: u32,
     pub max_allocations_per_user: u32,
     /// Accept RFC 5766's channel numbers 0x5000..=0x7FFE as well as RFC 8656's.

@@ -121,6 +121,10 @@ pub(super) struct RawRelay {
     #[serde(default)]
     pub(super) max_lifetime: Option<Spanned<String>>,
     #[serde(default)]
+    pub(super) permission_lifetime: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) channel_lifetime: Option<Spanned<String>>,
+    #[serde(default)]
     pub(super) max_allocations: Option<Spanned<i64>>,
     #[serde(default)]
     pub(super) max_allocations_per_user: Option<Spanned<i64>>,

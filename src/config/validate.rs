@@ -358,11 +358,22 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
         crate::types::DEFAULT_LIFETIME,
         "relay.max_lifetime",
     )?;
+    let lifetime = |v, default, key| duration_at_least(cx, v, default, Duration::from_secs(1), key);
     Ok(RelayConfig {
         addresses,
         external,
         ports,
         max_lifetime,
+        permission_lifetime: lifetime(
+            raw.permission_lifetime,
+            crate::server::PERMISSION_LIFETIME,
+            "relay.permission_lifetime",
+        )?,
+        channel_lifetime: lifetime(
+            raw.channel_lifetime,
+            crate::server::CHANNEL_LIFETIME,
+            "relay.channel_lifetime",
+        )?,
         max_allocations: int_in(
             cx,
             raw.max_allocations,

@@ -317,12 +317,13 @@ fn check_forwarding(name: &str) -> Result<(), String> {
                  host must not route)"
             ))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("[xdp] names {name}, but there is no such interface"))
+        }
         Err(e) => return Err(format!("[xdp] interface {name}: {e}")),
     }
     if !read("ipv6").unwrap_or(false) {
-        tracing::warn!(
-            "XDP: net.ipv6.conf.{name}.forwarding is off, so IPv6 channels on {name} stay on sockets"
-        );
+        tracing::warn!("XDP: net.ipv6.conf.{name}.forwarding is off, so IPv6 channels on {name} stay on sockets");
     }
     Ok(())
 }

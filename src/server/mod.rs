@@ -68,6 +68,9 @@ pub struct EngineConfig {
     pub relay_ports: PortRange,
     /// Longest lifetime a client may ask for.
     pub max_lifetime: Duration,
+    /// How long a permission and a channel binding last (RFC 8656: 5 and 10 minutes).
+    pub permission_lifetime: Duration,
+    pub channel_lifetime: Duration,
     /// How long a nonce stays valid before a 438.
     pub nonce_lifetime: Duration,
     /// Allocations per username (486 beyond).
@@ -111,6 +114,8 @@ impl Default for EngineConfig {
             relay_external: vec![],
             relay_ports: PortRange::DEFAULT,
             max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: PERMISSION_LIFETIME,
+            channel_lifetime: CHANNEL_LIFETIME,
             nonce_lifetime: Duration::from_secs(600),
             max_allocations_per_user: 100,
             max_allocations: 100_000,

@@ -100,8 +100,16 @@ impl TestClient {
     }
 
     pub fn allocate(&mut self) -> Vec<u8> {
+        self.allocate_family(false)
+    }
+
+    /// An Allocate for an IPv6 relayed address when `v6` (REQUESTED-ADDRESS-FAMILY).
+    pub fn allocate_family(&mut self, v6: bool) -> Vec<u8> {
         self.request(Method::ALLOCATE, |w| {
             let _ = w.attr(AttrType::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+            if v6 {
+                let _ = w.attr(AttrType::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]);
+            }
         })
     }
 

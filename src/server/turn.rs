@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::allocation::{family_index, Channel, CHANNEL_LIFETIME, PERMISSION_LIFETIME};
+use super::allocation::{family_index, Channel};
 use super::authenticate::Auth;
 use super::io::AllocationId;
 use super::refusal::Refusal;
@@ -261,7 +261,10 @@ impl<R: RelayIo> Engine<R> {
 
     pub(super) fn install_permission(&mut self, id: AllocationId, ip: IpAddr, now: Instant) {
         if let Some(a) = self.table.get_mut(id) {
-            if a.permissions.insert(ip, now + PERMISSION_LIFETIME).is_none() {
+            if a.permissions
+                .insert(ip, now + self.config.permission_lifetime)
+                .is_none()
+            {
                 self.stats.permissions_active.add(1);
             }
         }
@@ -331,7 +334,7 @@ impl<R: RelayIo> Engine<R> {
             number,
             Channel {
                 peer,
-                expires: now + CHANNEL_LIFETIME,
+                expires: now + self.config.channel_lifetime,
                 counted: true,
             },
         );

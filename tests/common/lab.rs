@@ -1,5 +1,5 @@
 //! Network namespaces for tests that need a real network: hosts joined by veth pairs, with
-//! addresses from the benchmarking range 198.18.0.0/15 only. Every namespace a `Lab` makes
+//! addresses from the benchmarking ranges only: 198.18.0.0/15, and 2001:2::/48 for IPv6. Every namespace a `Lab` makes
 //! has a name unique to this process and this lab, so tests run in parallel, and is deleted
 //! when the lab is dropped, also when the test fails. Needs root, as CI has.
 
@@ -54,9 +54,11 @@ impl Lab {
     /// A veth pair from `a` to `b`, up, with these addresses (CIDR) on each end.
     pub fn link(&self, a: &Ns, a_if: &str, a_addrs: &[&str], b: &Ns, b_if: &str, b_addrs: &[&str]) {
         for addr in a_addrs.iter().chain(b_addrs) {
+            // The benchmarking ranges: 198.18.0.0/15 (RFC 2544) and, for IPv6, 2001:2::/48
+            // (RFC 5180), its IPv6 counterpart.
             assert!(
-                addr.starts_with("198.18.") || addr.starts_with("198.19."),
-                "{addr}: 198.18.0.0/15 only"
+                addr.starts_with("198.18.") || addr.starts_with("198.19.") || addr.starts_with("2001:2::"),
+                "{addr}: 198.18.0.0/15 (or 2001:2::/48) only"
             );
         }
         run(Command::new("ip").args([

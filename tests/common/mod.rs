@@ -191,6 +191,20 @@ impl Drop for Turnd {
     }
 }
 
+/// turnd-load, built from this workspace (a no-op when it is up to date).
+#[allow(dead_code)]
+pub fn turnd_load() -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ok = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "turnd-load"])
+        .current_dir(root)
+        .status()
+        .expect("cargo")
+        .success();
+    assert!(ok, "cannot build turnd-load");
+    root.join("target/debug/turnd-load")
+}
+
 /// Gives a test config its own users file, admin socket and metrics port, unless it names
 /// them, so that tests never touch the machine's real ones.
 pub fn isolate(config: &str, dir: &std::path::Path) -> String {

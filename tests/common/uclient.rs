@@ -19,7 +19,19 @@ pub struct Totals {
 
 /// Runs `turnutils_uclient ARGS` (bounded by 60 s) and parses its summary.
 pub fn run(args: &[&str]) -> Totals {
-    let out = Command::new("timeout")
+    run_with(&[], args)
+}
+
+/// The same, inside the named network namespace.
+#[allow(dead_code)]
+pub fn run_in(netns: &str, args: &[&str]) -> Totals {
+    run_with(&["ip", "netns", "exec", netns], args)
+}
+
+fn run_with(prefix: &[&str], args: &[&str]) -> Totals {
+    let out = Command::new(prefix.first().copied().unwrap_or("timeout"))
+        .args(prefix.iter().skip(1))
+        .args(if prefix.is_empty() { &[][..] } else { &["timeout"][..] })
         .arg("60")
         .arg("turnutils_uclient")
         .args(args)
