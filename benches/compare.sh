@@ -7,6 +7,7 @@
 #   bash benches/compare.sh                  # 2 rounds, 5 s per measurement
 #   ROUNDS=3 DURATION=10 bash benches/compare.sh
 #   WRITE=0 bash benches/compare.sh          # print the table, leave BENCHMARKS.md alone
+#   TOPOLOGY=veth bash benches/compare.sh    # on a veth link, with XDP (root; compare-veth.sh)
 #
 # Every server is started fresh for every workload, on 127.0.0.1:3478, and stopped (and
 # waited for) before the next one starts. Servers alternate: turnd first in odd rounds,
@@ -14,6 +15,11 @@
 # All traffic stays on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# TOPOLOGY=veth: the relay on a link between two network namespaces, with the XDP fast path
+# and its ceiling (benches/compare-veth.sh; needs root).
+if [ "${TOPOLOGY:-loopback}" = veth ]; then
+  exec bash benches/compare-veth.sh "$@"
+fi
 
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-5}

@@ -105,6 +105,15 @@ struct Args {
     /// A label copied into the RESULT line (the compare script names the server with it).
     #[arg(long, default_value = "")]
     label: String,
+    /// The peer socket's port (channel, send); 0 picks a free one. With --peers, the first of
+    /// consecutive ports. benches/compare.sh TOPOLOGY=veth fixes it for its XDP ceiling,
+    /// which knows the peers by their ports.
+    #[arg(long, default_value_t = 0)]
+    peer_port: u16,
+    /// Echo peers (channel): allocation i binds its channel to peer i mod N. coturn's
+    /// --multiplex-peer shares relay ports, so it needs a peer per allocation.
+    #[arg(long, default_value_t = 1)]
+    peers: u16,
 }
 
 fn main() {
@@ -251,6 +260,11 @@ fn local_for(server: SocketAddr) -> SocketAddr {
 /// True inside a named network namespace, one that `ip netns add` made (a test or
 /// benches/compare.sh): its file under /run/netns is the namespace this process is in.
 fn in_own_netns() -> bool {
+    static IN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IN.get_or_init(named_netns)
+}
+
+fn named_netns() -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(me) = std::fs::metadata("/proc/self/ns/net") else {
         return false;
@@ -437,13 +451,13 @@ struct Flow {
 
 /// Prepares the flows of a binding, channel or send run: sockets, and for TURN modes the
 /// allocations, permissions or channels towards the echo peer.
-fn setup_flows(args: &Args, peer: Option<SocketAddr>) -> io::Result<(Vec<Flow>, Kind)> {
+fn setup_flows(args: &Args, peers: &[SocketAddr]) -> io::Result<(Vec<Flow>, Kind)> {
     let n = args.sockets.unwrap_or(64);
     let mut flows = Vec::with_capacity(n);
     let mut kind = Kind::Binding;
-    for _ in 0..n {
+    for i in 0..n {
         let sock = client_socket(args.server)?;
-        if let Some(peer) = peer {
+        if let Some(&peer) = peers.get(i % peers.len().max(1)) {
             let (mut c, _relayed) = allocate(&sock, args)?;
             if args.mode == Mode::Channel {
                 let req = c.channel_bind(CHANNEL, peer);
@@ -498,7 +512,13 @@ fn send_probes(
 fn run_flows(args: &Args) -> io::Result<()> {
     check_loopback(args.server)?;
     let turn = matches!(args.mode, Mode::Channel | Mode::Send);
-    let peer_sock = if turn {
+    if args.peers == 0 || (args.peers > 1 && args.mode != Mode::Channel) {
+        return Err(io::Error::other(
+            "--peers must be at least 1, and more than 1 only in channel mode",
+        ));
+    }
+    let mut peer_socks = Vec::new();
+    for i in 0..if turn { args.peers } else { 0 } {
         let s = socket2::Socket::new(
             socket2::Domain::for_address(args.server),
             socket2::Type::DGRAM,
@@ -506,22 +526,28 @@ fn run_flows(args: &Args) -> io::Result<()> {
         )?;
         let _ = s.set_recv_buffer_size(4 << 20);
         let _ = s.set_send_buffer_size(4 << 20);
-        s.bind(&local_for(args.server).into())?;
+        let mut local = local_for(args.server);
+        if args.peer_port != 0 {
+            local.set_port(args.peer_port.saturating_add(i));
+        }
+        s.bind(&local.into())?;
         s.set_nonblocking(true)?;
-        Some(UdpSocket::from(s))
-    } else {
-        None
-    };
-    let peer_addr = peer_sock.as_ref().map(|s| s.local_addr()).transpose()?;
-    let (mut flows, kind) = setup_flows(args, peer_addr)?;
+        peer_socks.push(UdpSocket::from(s));
+    }
+    let peer_addrs = peer_socks
+        .iter()
+        .map(|s| s.local_addr())
+        .collect::<io::Result<Vec<_>>>()?;
+    let (mut flows, kind) = setup_flows(args, &peer_addrs)?;
 
     let mut epoll = Epoll::new(1024)?;
     for (i, f) in flows.iter().enumerate() {
         epoll.add(&f.sock, i as u64)?;
     }
-    let peer_index = u64::MAX;
-    if let Some(p) = &peer_sock {
-        epoll.add(p, peer_index)?;
+    // Peers take the epoll indices from u64::MAX down.
+    let peer_of = |idx: u64| usize::try_from(u64::MAX - idx).ok().filter(|&i| i < peer_socks.len());
+    for (i, p) in peer_socks.iter().enumerate() {
+        epoll.add(p, u64::MAX - i as u64)?;
     }
 
     let window = args.window.max(1);
@@ -577,10 +603,15 @@ fn run_flows(args: &Args) -> io::Result<()> {
             }
         }
         epoll.wait(0, &mut ready)?;
+        if ready.is_empty() {
+            // Nothing to read: let a NAPI thread pinned to this core (TOPOLOGY=veth) run
+            // now rather than at the end of this thread's time slice.
+            std::thread::yield_now();
+        }
         for &idx in &ready {
-            if idx == peer_index {
-                // The echo peer: send every datagram back where it came from.
-                let Some(p) = &peer_sock else { continue };
+            if let Some(i) = peer_of(idx) {
+                // An echo peer: send every datagram back where it came from.
+                let Some(p) = peer_socks.get(i) else { continue };
                 // recvmmsg left each source address and length in its slot, which is what
                 // sendmmsg sends to.
                 let n = echo.recv(p.as_raw_fd(), true).unwrap_or(0);

@@ -132,11 +132,12 @@ impl Relay {
         }
         let Ok(m) = Message::parse(msg) else { return Ok(()) };
         let tid = m.transaction_id();
-        // Like the generator, the relay only ever sends to loopback.
+        // Like the generator, the relay only ever sends to loopback, or inside a namespace of
+        // its own to the benchmarking range.
         let peer = m
             .get(AttrType::XOR_PEER_ADDRESS)
             .and_then(|a| decode_xor_address(a.value, &tid).ok())
-            .filter(|p| p.ip().is_loopback());
+            .filter(|p| crate::check_loopback(*p).is_ok());
         match (m.method(), m.class()) {
             (Method::SEND, Class::Indication) => {
                 let (Some(peer), Some(data), Some(&idx)) = (peer, m.get(AttrType::DATA), self.by_client.get(&from))
