@@ -180,6 +180,7 @@ measure() { # round server label [turnd-load args]
 
 read -r -a SERVERS <<<"${SERVERS:-coturn coturn-multiplex turnd turnd-xdp relay xdp-ceiling}"
 for round in $(seq "$ROUNDS"); do
+  [ "${OFFERED_ONLY:-0}" = 1 ] && break
   for server in "${SERVERS[@]}"; do
     measure "$round" "$server" saturation --sockets 8 --window 8
     measure "$round" "$server" saturation-1200 --sockets 8 --window 8 --payload 1200
@@ -187,7 +188,7 @@ for round in $(seq "$ROUNDS"); do
 done
 # One offered load for every server: half of coturn's saturation (the better of its two
 # modes), in round trips per second (two relayed packets each).
-RATE=$(python3 - "$RESULTS" <<'EOF'
+RATE=${RATE:-$(python3 - "$RESULTS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 sat = [statistics.median(v) for s in ("coturn", "coturn-multiplex")
@@ -195,7 +196,7 @@ sat = [statistics.median(v) for s in ("coturn", "coturn-multiplex")
 best = max(sat or [200000])
 print(int(best / 2 / 2))
 EOF
-)
+)}
 for round in $(seq "$ROUNDS"); do
   for server in "${SERVERS[@]}"; do
     measure "$round" "$server" offered --sockets 8 --rate "$RATE"

@@ -9,6 +9,11 @@ use std::time::Duration;
 /// The default allocation lifetime (RFC 8656 §2.2).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
 
+/// Permissions last five minutes (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// Channel bindings last ten minutes (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+
 /// The client-side transport a packet arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {

@@ -213,6 +213,7 @@ impl Live {
             ("log", new.log != old.log),
             ("tls", new.tls.is_some() != old.tls.is_some()),
             ("cluster", new.cluster != old.cluster),
+            ("xdp", new.xdp != old.xdp),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

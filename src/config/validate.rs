@@ -366,12 +366,12 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
         max_lifetime,
         permission_lifetime: lifetime(
             raw.permission_lifetime,
-            crate::server::PERMISSION_LIFETIME,
+            crate::types::PERMISSION_LIFETIME,
             "relay.permission_lifetime",
         )?,
         channel_lifetime: lifetime(
             raw.channel_lifetime,
-            crate::server::CHANNEL_LIFETIME,
+            crate::types::CHANNEL_LIFETIME,
             "relay.channel_lifetime",
         )?,
         max_allocations: int_in(

@@ -79,8 +79,15 @@ mod layout {
 }
 
 #[cfg_attr(not(turnd_xdp), allow(dead_code))]
-/// Where `t` falls on CLOCK_MONOTONIC, the program's clock (`bpf_ktime_get_ns`). `Instant` is
-/// CLOCK_MONOTONIC on Linux too; the offset is taken afresh each time.
+/// How much earlier than the engine's deadline the program stops relaying an entry. The
+/// program reads the clock of the last tick (`bpf_ktime_get_coarse_ns`, cheaper), which lags
+/// CLOCK_MONOTONIC by at most one tick (10 ms at HZ=100): stopping this much early, it never
+/// relays past the deadline. In the last 20 ms the stack carries the channel's packets, and
+/// turnd relays them as the permission still allows.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Where `t` falls on CLOCK_MONOTONIC, the program's clock. `Instant` is CLOCK_MONOTONIC on
+/// Linux too; the offset is taken afresh each time.
 fn monotonic_ns(t: Instant) -> u64 {
     let now = Instant::now();
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -181,7 +188,7 @@ mod program {
                     s
                 }
             };
-            let expires = monotonic_ns(e.expires);
+            let expires = monotonic_ns(e.expires.checked_sub(DEADLINE_MARGIN).unwrap_or(e.expires));
             let to_peer = layout::route(e.peer, e.relay, e, expires, slot);
             let to_client = layout::route(e.client, e.listener, e, expires, slot);
             let written = self

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::io::AllocationId;
 use super::FiveTuple;
+pub use crate::types::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use crate::proto::ChannelNumber;
 use crate::proto::TransactionId;
 
@@ -16,10 +17,6 @@ use crate::proto::TransactionId;
 /// an allocation's memory (channels are bounded by the channel-number range).
 pub const MAX_PERMISSIONS: usize = 1024;
 
-/// Permissions last five minutes (RFC 8656 §9).
-pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
-/// Channel bindings last ten minutes (RFC 8656 §12).
-pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// After a channel expires, neither its number nor its peer may be bound to anything else
 /// for five more minutes, so that late packets are never misdelivered (RFC 8656 §12).
 pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
