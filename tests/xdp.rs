@@ -228,6 +228,19 @@ mode = "native"
     fn on_load<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         self.load.enter(f)
     }
+
+    /// A peer and a client in the load namespace, an allocation with `channel` bound to the
+    /// peer (offloaded), and `trips` round trips through it: (peer, client, relayed address).
+    fn offloaded_channel(&self, channel: u16, trips: usize) -> (UdpSocket, Client, SocketAddr) {
+        let (server, ip) = (self.server_addr(), self.load_ip());
+        self.on_load(|| {
+            let peer = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
+            let mut client = Client::new(server, ip);
+            let relayed = client.channel(channel, peer.local_addr().unwrap());
+            round_trips(&client, &peer, relayed, channel, trips);
+            (peer, client, relayed)
+        })
+    }
 }
 
 /// A TURN client over a real UDP socket.
@@ -463,14 +476,7 @@ fn an_expired_permission_ends_the_offload_at_once_and_turnd_drops_what_follows()
     // Permissions last 2 s here; channels 10 min.
     let lab = XdpLab::start(false, "permission_lifetime = \"2s\"");
     let server = lab.server_addr();
-    let ip = lab.load_ip();
-    let (peer, client, relayed) = lab.on_load(|| {
-        let peer = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
-        let mut client = Client::new(server, ip);
-        let relayed = client.channel(0x4001, peer.local_addr().unwrap());
-        round_trips(&client, &peer, relayed, 0x4001, 5);
-        (peer, client, relayed)
-    });
+    let (peer, client, relayed) = lab.offloaded_channel(0x4001, 5);
     assert_eq!(lab.entries(), 1);
     std::thread::sleep(Duration::from_millis(2300));
     assert_eq!(lab.entries(), 0, "the entry went with the permission");
@@ -502,15 +508,7 @@ fn an_expired_permission_ends_the_offload_at_once_and_turnd_drops_what_follows()
 #[test]
 fn an_expired_channel_is_taken_back_and_the_peer_is_heard_through_data_indications() {
     let lab = XdpLab::start(false, "channel_lifetime = \"2s\"");
-    let server = lab.server_addr();
-    let ip = lab.load_ip();
-    let (peer, client, relayed) = lab.on_load(|| {
-        let peer = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).unwrap();
-        let mut client = Client::new(server, ip);
-        let relayed = client.channel(0x4001, peer.local_addr().unwrap());
-        round_trips(&client, &peer, relayed, 0x4001, 5);
-        (peer, client, relayed)
-    });
+    let (peer, client, relayed) = lab.offloaded_channel(0x4001, 5);
     std::thread::sleep(Duration::from_millis(2300));
     assert_eq!(lab.entries(), 0, "the entry went with the channel");
     let before = lab.program_stats();

@@ -42,6 +42,8 @@ fuzz_target!(|data: &[u8]| {
         // NAT behaviour discovery on the listener every client talks to.
         discovery: vec![quad],
         account_usage: true,
+        // A kernel fast path: the driver below plays the BPF maps.
+        fast_path: true,
         ..EngineConfig::default()
     };
     let relay = MemoryRelay::default();
@@ -62,6 +64,8 @@ fuzz_target!(|data: &[u8]| {
     let mut clients: Vec<TestClient> = (0..4).map(|_| TestClient::new("u", REALM, "p")).collect();
     let peers = [SocketAddr::from(([10, 9, 0, 1], 7000)), SocketAddr::from(([192, 168, 0, 1], 7000))];
 
+    // The fast path's maps as a driver keeps them: what the engine installed and not removed.
+    let mut offloaded: Vec<turnd::server::FastPathEntry> = Vec::new();
     // The last RESERVATION-TOKEN the engine handed out, to claim it.
     let mut last_token = [0u8; 8];
     let mut rest = data;
@@ -218,6 +222,30 @@ fuzz_target!(|data: &[u8]| {
                 Output::None => {}
             }
         }
+        // The driver applies the fast-path commands; a removal reports the entry's last counts.
+        while let Some(cmd) = engine.poll_fast_path() {
+            match cmd {
+                turnd::server::FastPath::Install(e) => {
+                    offloaded.retain(|o| (o.client, o.listener, o.channel) != (e.client, e.listener, e.channel));
+                    offloaded.push(e);
+                }
+                turnd::server::FastPath::Remove(e) => {
+                    let before = offloaded.len();
+                    offloaded.retain(|o| *o != e);
+                    assert_eq!(offloaded.len() + 1, before, "removed an entry that was not installed");
+                    let t = turnd::server::Traffic { to_peer_packets: 1, to_peer_bytes: u64::from(arg), ..Default::default() };
+                    engine.handle_fast_path_traffic(now, &e, t, true);
+                }
+            }
+        }
+        // Every entry is a live channel with a live permission on a UDP allocation.
+        for e in &offloaded {
+            let a = engine.allocations().find(|a| a.tuple.client == e.client).expect("an entry outlived its allocation");
+            assert_eq!(a.tuple.transport, Transport::Udp);
+            assert!(e.expires > now, "an entry past its deadline");
+            assert_eq!(a.channel_peer(e.channel, now), Some(e.peer), "an entry for a channel that is not bound");
+            assert!(a.has_permission(e.peer.ip(), now), "an entry without a permission");
+        }
         // The books balance after every step.
         let allocations = engine.allocation_count();
         let sockets: usize = engine.allocations().map(|a| a.relays.iter().flatten().count()).sum();
@@ -238,9 +266,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(relay.streams(), held, "a peer connection leaked");
         assert_eq!(metrics.level(|s| &s.tcp_connections_active) as usize, up);
     }
-    // When time runs out, everything is released.
+    // When time runs out, everything is released, fast-path entries too.
     now += Duration::from_secs(4 * 3600);
     engine.handle_timeout(now);
+    while let Some(cmd) = engine.poll_fast_path() {
+        if let turnd::server::FastPath::Remove(e) = cmd {
+            offloaded.retain(|o| *o != e);
+            engine.handle_fast_path_traffic(now, &e, Default::default(), true);
+        }
+    }
+    assert!(offloaded.is_empty(), "a fast-path entry leaked");
     assert_eq!(engine.allocation_count(), 0);
     assert_eq!(relay.open_sockets(), 0);
     assert_eq!(engine.reserved_ports(), 0);

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::io::AllocationId;
 use super::FiveTuple;
-pub use crate::types::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 use crate::proto::ChannelNumber;
 use crate::proto::TransactionId;
+pub use crate::types::{CHANNEL_LIFETIME, PERMISSION_LIFETIME};
 
 /// Most permissions one allocation may hold; beyond, CreatePermission gets 508. This bounds
 /// an allocation's memory (channels are bounded by the channel-number range).
