@@ -1905,6 +1905,24 @@ fn usage_is_handed_out_by_account_once() {
     let ended = w.engine.take_usage(now, false);
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert_eq!((ended[0].0.as_str(), ended[0].1.allocation_ms), ("zed", 2000));
+    // Time is billed in whole milliseconds without drift: fractions carry to the next bill,
+    // and an allocation's last bill rounds up, so even a 0.4 ms allocation bills 1 ms.
+    let mut y = TestClient::new(user, REALM, &pw);
+    success(&w.allocate(&mut y, &tuple(5002)));
+    let t0 = w.now;
+    w.now = t0 + Duration::from_micros(1500);
+    let part = w.engine.take_usage(w.now, true);
+    assert_eq!(part[0].1.allocation_ms, 1, "{part:?}");
+    w.now = t0 + Duration::from_micros(3200);
+    w.ask(&mut y, &tuple(5002), |c| c.refresh(0));
+    let rest = w.engine.take_usage(w.now, false);
+    assert_eq!(rest[0].1.allocation_ms, 3, "1 ms billed, 2.2 ms rounded up: {rest:?}");
+    let mut x = TestClient::new(user, REALM, &pw);
+    success(&w.allocate(&mut x, &tuple(5003)));
+    w.now += Duration::from_micros(400);
+    w.ask(&mut x, &tuple(5003), |c| c.refresh(0));
+    let short = w.engine.take_usage(w.now, false);
+    assert_eq!(short[0].1.allocation_ms, 1, "{short:?}");
     // Off (a single node): nothing is kept.
     let mut off = World::new(config());
     success(&off.allocate(&mut alice(), &tuple(5000)));

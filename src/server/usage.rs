@@ -53,17 +53,24 @@ pub fn account(username: &str) -> &str {
     }
 }
 
-/// What an allocation has done since it was last billed, and the mark moved to now.
-pub(super) fn bill<S>(a: &mut Allocation<S>, now: Instant) -> Usage {
+/// What an allocation has done since it was last billed. Time is billed in whole
+/// milliseconds: the fraction stays with the mark for the next bill, and the `last` bill of an
+/// allocation rounds it up, so every allocation bills at least 1 ms and the sum never drifts.
+pub(super) fn bill<S>(a: &mut Allocation<S>, now: Instant, last: bool) -> Usage {
     let (t, since) = a.billed;
     let n = a.traffic;
-    a.billed = (n, now.max(since));
+    let elapsed = now.saturating_duration_since(since);
+    let mut ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    if last && elapsed > std::time::Duration::from_millis(ms) {
+        ms += 1;
+    }
+    a.billed = (n, since + std::time::Duration::from_millis(ms));
     Usage {
         to_peer_bytes: n.to_peer_bytes - t.to_peer_bytes,
         to_client_bytes: n.to_client_bytes - t.to_client_bytes,
         to_peer_packets: n.to_peer_packets - t.to_peer_packets,
         to_client_packets: n.to_client_packets - t.to_client_packets,
-        allocation_ms: now.saturating_duration_since(since).as_millis() as u64,
+        allocation_ms: ms,
     }
 }
 
@@ -79,7 +86,7 @@ impl<R: RelayIo> Engine<R> {
         let mut all = std::mem::take(&mut self.ended_usage);
         if open && self.config.account_usage {
             for a in self.table.iter_mut() {
-                let u = bill(a, now);
+                let u = bill(a, now, false);
                 if !u.is_empty() {
                     all.entry(account(&a.username).into()).or_default().add(&u);
                 }
@@ -91,7 +98,7 @@ impl<R: RelayIo> Engine<R> {
     /// Keeps what an ending allocation did since it was last billed.
     pub(super) fn bill_ended(&mut self, a: &mut Allocation<R::Socket>, now: Instant) {
         if self.config.account_usage {
-            let u = bill(a, now);
+            let u = bill(a, now, true);
             self.ended_usage.entry(account(&a.username).into()).or_default().add(&u);
         }
     }
