@@ -3,7 +3,7 @@
 //! unless [`super::EngineConfig::account_usage`]; nothing here runs per packet: the packet
 //! path already counts each allocation's traffic, and a batch takes what moved since the last.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::allocation::{Allocation, Traffic};
@@ -81,7 +81,7 @@ pub(super) fn start(now: Instant) -> (Traffic, Instant) {
 
 impl<R: RelayIo> Engine<R> {
     /// Usage since the last call, by account: what ended allocations left, and with `open`
-    /// the progress of the open ones too. Empty when accounting is off.
+    /// the progress of the open ones too, in account order. Empty when accounting is off.
     pub fn take_usage(&mut self, now: Instant, open: bool) -> Vec<(String, Usage)> {
         let mut all = std::mem::take(&mut self.ended_usage);
         if open && self.config.account_usage {
@@ -105,4 +105,4 @@ impl<R: RelayIo> Engine<R> {
 }
 
 /// Usage by account, not yet handed out.
-pub(super) type Ledger = HashMap<Box<str>, Usage>;
+pub(super) type Ledger = BTreeMap<Box<str>, Usage>;
