@@ -1,6 +1,8 @@
-//! What the process asks of the system beside sockets: its user and its host name.
+//! What the process asks of the system beside sockets: its user and its host name, and how
+//! it takes a lock.
 
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// The effective user of this process (from /proc, without unsafe code).
 pub fn uid() -> u32 {
@@ -14,4 +16,32 @@ pub fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Takes a lock even when a holder panicked: every critical section in turnd leaves its data
+/// whole, so a poisoned lock is still a good one.
+pub trait Locked<T> {
+    fn locked(&self) -> MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for Mutex<T> {
+    fn locked(&self) -> MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// [`Locked`] for a `RwLock`.
+pub trait RwLocked<T> {
+    fn reading(&self) -> RwLockReadGuard<'_, T>;
+    fn writing(&self) -> RwLockWriteGuard<'_, T>;
+}
+
+impl<T> RwLocked<T> for RwLock<T> {
+    fn reading(&self) -> RwLockReadGuard<'_, T> {
+        self.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writing(&self) -> RwLockWriteGuard<'_, T> {
+        self.write().unwrap_or_else(|e| e.into_inner())
+    }
 }

@@ -300,3 +300,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Usage { user, since, format } => cluster::usage(&config, user.as_deref(), &since, format),
     }
 }
+
+/// 144 random bits from the OS CSPRNG, URL-safe: passwords, tokens and the page's secret.
+fn random_text() -> Result<String, String> {
+    use base64::Engine as _;
+    let mut b = [0u8; 18];
+    getrandom::fill(&mut b).map_err(|e| format!("cannot read the OS random number generator: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}

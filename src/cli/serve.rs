@@ -285,14 +285,6 @@ fn config_server_name(config: &Config) -> Option<String> {
     })
 }
 
-/// 144 random bits, URL-safe: tokens and the page's secret.
-fn random_text() -> Result<String, String> {
-    use base64::Engine as _;
-    let mut b = [0u8; 18];
-    getrandom::fill(&mut b).map_err(|e| format!("cannot read the OS random number generator: {e}"))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
-}
-
 /// Binds the metrics listener before the server reports ready, so a taken port is a start
 /// error.
 fn bind_http(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
@@ -364,7 +356,7 @@ pub fn serve(config: Config) -> ExitCode {
     // (only while relaying: a STUN-only server stays one).
     let page_secret = match config.auth.secrets.first() {
         Some(s) => s.clone(),
-        None => match random_text() {
+        None => match super::random_text() {
             Ok(s) => {
                 if relaying {
                     live.page_secret = Some(s.clone());
@@ -425,7 +417,7 @@ pub fn serve(config: Config) -> ExitCode {
         let token = match (&config.metrics.token, loopback) {
             (t, _) if !t.is_empty() => Some(t.clone()),
             (_, true) => None,
-            (_, false) => match random_text() {
+            (_, false) => match super::random_text() {
                 Ok(t) => Some(t),
                 Err(e) => return fatal(e),
             },

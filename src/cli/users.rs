@@ -3,8 +3,6 @@
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use base64::Engine as _;
-
 use crate::auth::users_file::{self, ModifyError, UserRecord, UsersFile};
 use crate::auth::UserName;
 use crate::auth::{Keys, RestSecrets};
@@ -29,13 +27,6 @@ fn password_from_stdin() -> Result<String, String> {
         return Err("the password read from stdin is empty".into());
     }
     Ok(pw.to_string())
-}
-
-/// A strong random password: 144 bits from the OS CSPRNG, URL-safe base64.
-fn generate_password() -> Result<String, String> {
-    let mut b = [0u8; 18];
-    getrandom::fill(&mut b).map_err(|e| format!("cannot read the OS random number generator: {e}"))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
 fn explain(e: ModifyError, path: &std::path::Path) -> ExitCode {
@@ -164,7 +155,7 @@ fn new_password(from_stdin: bool) -> Result<(String, bool), String> {
     if from_stdin {
         password_from_stdin().map(|p| (p, false))
     } else {
-        generate_password().map(|p| (p, true))
+        super::random_text().map(|p| (p, true))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -15,8 +15,9 @@ use prometheus_client::registry::Registry;
 
 use crate::server::stats::LIFETIME_BUCKETS;
 pub use crate::server::stats::{
-    AuthFailure, Count, Direction, DiscoveryKind, DropReason, Framing, Level, Stats, TurnMethod,
+    AuthFailure, Count, Direction, DiscoveryKind, DropReason, Framing, Labels, Level, Stats, TurnMethod,
 };
+use crate::sys::Locked;
 use crate::types::Transport;
 
 pub mod http;
@@ -75,7 +76,7 @@ impl std::fmt::Debug for ShardSet {
 
 impl ShardSet {
     fn all(&self) -> Vec<Arc<Stats>> {
-        self.shards.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shards.locked().clone()
     }
 }
 
@@ -83,33 +84,56 @@ impl ShardSet {
 #[derive(Debug)]
 struct ShardCollector(Arc<ShardSet>);
 
-fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
-    let c = ConstCounter::new(v);
-    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+/// A counter or a level, as the exposition writes it.
+trait Sample {
+    const TYPE: MetricType;
+    fn sample(&self) -> i128;
 }
 
-fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::fmt::Result {
-    let g = ConstGauge::new(v);
-    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
-}
-
-/// One labelled family: `samples` gives (label value, value) pairs.
-fn family(
-    enc: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    typ: MetricType,
-    samples: impl IntoIterator<Item = ([(&'static str, &'static str); 1], i128)>,
-) -> std::fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, typ)?;
-    for (labels, v) in samples {
-        let sample = m.encode_family(&labels)?;
-        match typ {
-            MetricType::Counter => ConstCounter::new(u64::try_from(v).unwrap_or(0)).encode(sample)?,
-            _ => ConstGauge::new(i64::try_from(v).unwrap_or(0)).encode(sample)?,
-        }
+impl Sample for Count {
+    const TYPE: MetricType = MetricType::Counter;
+    fn sample(&self) -> i128 {
+        self.get().into()
     }
-    Ok(())
+}
+
+impl Sample for Level {
+    const TYPE: MetricType = MetricType::Gauge;
+    fn sample(&self) -> i128 {
+        self.get().into()
+    }
+}
+
+/// Writes `v`, a sum over shards, wrapping as the shards' own counters do.
+fn write(enc: MetricEncoder<'_>, typ: MetricType, v: i128) -> std::fmt::Result {
+    match typ {
+        MetricType::Counter => ConstCounter::new(v as u64).encode(enc),
+        _ => ConstGauge::new(v as i64).encode(enc),
+    }
+}
+
+/// One scrape: every shard's counters, added up as they are written.
+struct Scrape<'a> {
+    enc: DescriptorEncoder<'a>,
+    shards: Vec<Arc<Stats>>,
+}
+
+impl Scrape<'_> {
+    /// One unlabelled metric.
+    fn one<V: Sample>(&mut self, name: &str, help: &str, f: impl Fn(&Stats) -> &V) -> std::fmt::Result {
+        let v = self.shards.iter().map(|s| f(s).sample()).sum();
+        write(self.enc.encode_descriptor(name, help, None, V::TYPE)?, V::TYPE, v)
+    }
+
+    /// A family labelled by `L`, one sample per label value from the array `f` picks.
+    fn by<L: Labels, V: Sample>(&mut self, name: &str, help: &str, f: impl Fn(&Stats) -> &[V]) -> std::fmt::Result {
+        let mut m = self.enc.encode_descriptor(name, help, None, V::TYPE)?;
+        for (i, &value) in L::NAMES.iter().enumerate() {
+            let v = self.shards.iter().filter_map(|s| f(s).get(i)).map(Sample::sample).sum();
+            write(m.encode_family(&[(L::LABEL, value)])?, V::TYPE, v)?;
+        }
+        Ok(())
+    }
 }
 
 fn sum_of(shards: &[Arc<Stats>], f: impl Fn(&Stats) -> &Count) -> u64 {
@@ -121,18 +145,15 @@ fn level_of(shards: &[Arc<Stats>], f: impl Fn(&Stats) -> &Level) -> i64 {
 }
 
 impl Collector for ShardCollector {
-    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let shards = self.0.all();
-        let c = |f: &dyn Fn(&Stats) -> &Count| i128::from(sum_of(&shards, f));
-        let l = |f: &dyn Fn(&Stats) -> &Level| i128::from(level_of(&shards, f));
-        family(
-            &mut enc,
-            "turnd_stun_binding_requests",
-            "STUN Binding requests answered",
-            MetricType::Counter,
-            Transport::ALL.map(|t| ([("transport", t.as_str())], c(&|s| &s.binding[t as usize]))),
-        )?;
-        let mut m = enc.encode_descriptor(
+    fn encode(&self, enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut s = Scrape {
+            enc,
+            shards: self.0.all(),
+        };
+        s.by::<Transport, _>("turnd_stun_binding_requests", "STUN Binding requests answered", |s| {
+            &s.binding
+        })?;
+        let mut m = s.enc.encode_descriptor(
             "turnd_turn_requests",
             "TURN requests answered, by method and result",
             None,
@@ -141,130 +162,86 @@ impl Collector for ShardCollector {
         for &method in TurnMethod::ALL {
             for (i, result) in ["success", "error"].into_iter().enumerate() {
                 let labels = [("method", method.as_str()), ("result", result)];
-                let v = sum_of(&shards, |s| &s.turn_requests[method as usize][i]);
+                let v = sum_of(&s.shards, |s| &s.turn_requests[method as usize][i]);
                 ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
             }
         }
-        family(
-            &mut enc,
-            "turnd_auth_failures",
-            "Authentication failures, by reason",
-            MetricType::Counter,
-            AuthFailure::ALL
-                .iter()
-                .map(|&r| ([("reason", r.as_str())], c(&|s| &s.auth_failures[r as usize]))),
-        )?;
-        family(
-            &mut enc,
-            "turnd_allocations_active",
+        s.by::<AuthFailure, _>("turnd_auth_failures", "Authentication failures, by reason", |s| {
+            &s.auth_failures
+        })?;
+        let (active, opened) = (
             "Allocations open now, by client transport",
-            MetricType::Gauge,
-            Transport::ALL.map(|t| ([("transport", t.as_str())], l(&|s| &s.allocations_active[t as usize]))),
-        )?;
-        family(
-            &mut enc,
-            "turnd_allocations",
             "Allocations created, by client transport",
-            MetricType::Counter,
-            Transport::ALL.map(|t| ([("transport", t.as_str())], c(&|s| &s.allocations_opened[t as usize]))),
-        )?;
-        gauge(
-            &mut enc,
-            "turnd_permissions_active",
-            "Permissions installed now",
-            level_of(&shards, |s| &s.permissions_active),
-        )?;
-        gauge(
-            &mut enc,
+        );
+        s.by::<Transport, _>("turnd_allocations_active", active, |s| &s.allocations_active)?;
+        s.by::<Transport, _>("turnd_allocations", opened, |s| &s.allocations_opened)?;
+        s.one("turnd_permissions_active", "Permissions installed now", |s| {
+            &s.permissions_active
+        })?;
+        s.one(
             "turnd_tcp_relay_connections_active",
             "TCP relay data connections (RFC 6062) open now",
-            level_of(&shards, |s| &s.tcp_connections_active),
+            |s| &s.tcp_connections_active,
         )?;
-        gauge(
-            &mut enc,
-            "turnd_channels_active",
-            "Channels bound now",
-            level_of(&shards, |s| &s.channels_active),
-        )?;
-        let directions = || Direction::ALL.iter().copied();
-        family(
-            &mut enc,
-            "turnd_relay_packets",
-            "Packets relayed, by direction",
-            MetricType::Counter,
-            directions().map(|d| ([("direction", d.as_str())], c(&|s| &s.relay_packets[d as usize]))),
-        )?;
-        family(
-            &mut enc,
-            "turnd_relay_bytes",
-            "Application bytes relayed, by direction",
-            MetricType::Counter,
-            directions().map(|d| ([("direction", d.as_str())], c(&|s| &s.relay_bytes[d as usize]))),
-        )?;
-        family(
-            &mut enc,
+        s.one("turnd_channels_active", "Channels bound now", |s| &s.channels_active)?;
+        s.by::<Direction, _>("turnd_relay_packets", "Packets relayed, by direction", |s| {
+            &s.relay_packets
+        })?;
+        s.by::<Direction, _>("turnd_relay_bytes", "Application bytes relayed, by direction", |s| {
+            &s.relay_bytes
+        })?;
+        s.by::<Framing, _>(
             "turnd_relay_framing",
             "Relayed packets by client-side framing: Send/Data indications or ChannelData",
-            MetricType::Counter,
-            Framing::ALL
-                .iter()
-                .map(|&f| ([("framing", f.as_str())], c(&|s| &s.framing[f as usize]))),
+            |s| &s.framing,
         )?;
-        family(
-            &mut enc,
+        s.by::<DropReason, _>(
             "turnd_dropped_packets",
             "Packets dropped without an answer, by reason",
-            MetricType::Counter,
-            DropReason::ALL
-                .iter()
-                .map(|&r| ([("reason", r.as_str())], c(&|s| &s.dropped[r as usize]))),
+            |s| &s.dropped,
         )?;
         let mut buckets: Vec<(f64, u64)> = LIFETIME_BUCKETS
             .iter()
             .chain(std::iter::once(&f64::MAX))
             .enumerate()
-            .map(|(i, &b)| (b, sum_of(&shards, |s| &s.lifetimes[i])))
+            .map(|(i, &b)| (b, sum_of(&s.shards, |s| &s.lifetimes[i])))
             .collect();
         buckets.truncate(LIFETIME_BUCKETS.len() + 1);
         let count = buckets.iter().map(|b| b.1).sum();
-        let sum = sum_of(&shards, |s| &s.lifetime_ms) as f64 / 1000.0;
-        enc.encode_descriptor(
-            "turnd_allocation_duration_seconds",
-            "How long allocations lived, observed when they end",
-            None,
-            MetricType::Histogram,
-        )?
-        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-        family(
-            &mut enc,
+        let sum = sum_of(&s.shards, |s| &s.lifetime_ms) as f64 / 1000.0;
+        s.enc
+            .encode_descriptor(
+                "turnd_allocation_duration_seconds",
+                "How long allocations lived, observed when they end",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        s.by::<DiscoveryKind, _>(
             "turnd_nat_discovery_requests",
             "RFC 5780 Binding requests, by what they ask (CHANGE-REQUEST, RESPONSE-PORT, PADDING)",
-            MetricType::Counter,
-            DiscoveryKind::ALL
-                .iter()
-                .map(|&k| ([("kind", k.as_str())], c(&|s| &s.discovery[k as usize]))),
+            |s| &s.discovery,
         )?;
-        family(
-            &mut enc,
+        s.by::<Direction, _>(
             "turnd_xdp_relayed_packets",
             "Packets the XDP fast path relayed, by direction (also in turnd_relay_packets)",
-            MetricType::Counter,
-            directions().map(|d| ([("direction", d.as_str())], c(&|s| &s.fast_path[d as usize]))),
+            |s| &s.fast_path,
         )?;
-        if let Some(read) = &*self.0.fast_path.lock().unwrap_or_else(|e| e.into_inner()) {
-            family(
-                &mut enc,
+        if let Some(read) = &*self.0.fast_path.locked() {
+            let mut m = s.enc.encode_descriptor(
                 "turnd_xdp_passed_packets",
                 "Packets of an offloaded channel that the XDP program handed to the stack, by reason",
+                None,
                 MetricType::Counter,
-                read().into_iter().map(|(r, v)| ([("reason", r)], i128::from(v))),
             )?;
+            for (reason, v) in read() {
+                ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
+            }
         }
-        counter(
-            &mut enc,
+        s.one(
             "turnd_tcp_connections_refused",
             "TCP connections closed at accept because the listener was at max_connections",
-            sum_of(&shards, |s| &s.connections_refused),
+            |s| &s.connections_refused,
         )
     }
 }
@@ -334,12 +311,12 @@ impl Metrics {
 
     /// Exports the XDP program's own counters (`turnd_xdp_passed_packets`).
     pub fn register_fast_path(&self, read: PassedReader) {
-        *self.shards.fast_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(read);
+        *self.shards.fast_path.locked() = Some(read);
     }
 
     /// Adds a shard's counters to what is exported.
     pub fn register(&self, stats: Arc<Stats>) {
-        self.shards.shards.lock().unwrap_or_else(|e| e.into_inner()).push(stats);
+        self.shards.shards.locked().push(stats);
     }
 
     /// Every shard's counters.

@@ -4,10 +4,11 @@
 //! goes into a fixed ring of the last ten minutes, for the page's charts. Nothing per user.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{DropReason, Metrics, Stats};
+use super::{DropReason, Metrics};
+use crate::sys::Locked;
 use crate::types::Transport;
 
 /// Samples kept: ten minutes at one a second.
@@ -96,7 +97,7 @@ impl TestCredentials {
     /// the minute's allowance is spent.
     pub fn mint(&self, unix_now: u64) -> Option<serde_json::Value> {
         {
-            let mut m = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = self.minted.locked();
             if m.0.elapsed() >= Duration::from_secs(60) {
                 *m = (Instant::now(), 0);
             }
@@ -125,11 +126,10 @@ pub struct Status {
     pub test: Option<TestCredentials>,
 }
 
-fn totals(shards: &[Arc<Stats>]) -> Totals {
-    let sum = |f: &dyn Fn(&Stats) -> u64| shards.iter().map(|s| f(s)).fold(0u64, u64::wrapping_add);
+fn totals(metrics: &Metrics) -> Totals {
     Totals {
-        packets: [0, 1].map(|d| sum(&|s| s.relay_packets[d].get())),
-        bytes: [0, 1].map(|d| sum(&|s| s.relay_bytes[d].get())),
+        packets: [0, 1].map(|d| metrics.total(|s| &s.relay_packets[d])),
+        bytes: [0, 1].map(|d| metrics.total(|s| &s.relay_bytes[d])),
     }
 }
 
@@ -145,10 +145,8 @@ impl Status {
 
     /// Takes this second's sample (the caller ticks once a second).
     pub fn sample(&self, metrics: &Metrics) {
-        let shards = metrics.shards();
-        let now = totals(&shards);
-        let level = |f: &dyn Fn(&Stats) -> i64| shards.iter().map(|s| f(s)).sum::<i64>();
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let now = totals(metrics);
+        let mut ring = self.ring.locked();
         let (samples, last, at) = &mut *ring;
         let secs = at.elapsed().as_secs_f64().max(0.001);
         let rate = |n: u64, before: u64| (n.wrapping_sub(before) as f64 / secs).round() as u64;
@@ -156,14 +154,12 @@ impl Status {
             unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            allocations: level(&|s| {
-                Transport::ALL
-                    .iter()
-                    .map(|&t| s.allocations_active[t as usize].get())
-                    .sum()
-            }),
-            permissions: level(&|s| s.permissions_active.get()),
-            channels: level(&|s| s.channels_active.get()),
+            allocations: Transport::ALL
+                .map(|t| metrics.level(|s| &s.allocations_active[t as usize]))
+                .iter()
+                .sum(),
+            permissions: metrics.level(|s| &s.permissions_active),
+            channels: metrics.level(|s| &s.channels_active),
             packets_per_s: [0, 1].map(|d| rate(now.packets[d], last.packets[d])),
             bytes_per_s: [0, 1].map(|d| rate(now.bytes[d], last.bytes[d])),
         };
@@ -177,20 +173,16 @@ impl Status {
 
     /// What `/status.json` answers.
     pub fn json(&self, metrics: &Metrics, draining: bool) -> String {
-        let shards = metrics.shards();
         let history: Vec<Sample> = {
-            let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            let ring = self.ring.locked();
             ring.0.iter().copied().collect()
         };
         let now = history.last().copied().unwrap_or_default();
         let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
             .iter()
-            .map(|&r| {
-                let n: u64 = shards.iter().map(|s| s.dropped[r as usize].get()).sum();
-                (r.as_str().to_string(), n.into())
-            })
+            .map(|&r| (r.as_str().into(), metrics.total(|s| &s.dropped[r as usize]).into()))
             .collect();
-        let t = totals(&shards);
+        let t = totals(metrics);
         serde_json::json!({
             "version": super::VERSION,
             "uptime_s": self.started.elapsed().as_secs(),

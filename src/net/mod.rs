@@ -34,6 +34,7 @@ use std::collections::HashMap;
 
 use crate::server::usage::Usage;
 use crate::server::{Engine, EngineConfig, Epoch, FiveTuple, Output, Shared, Transport};
+use crate::sys::Locked;
 
 /// A socket that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +89,7 @@ impl PerIp {
 
     /// A slot for a new connection from `ip`, unless it is at the limit.
     pub fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PerIpSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.open.locked();
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
             return None;
@@ -103,7 +104,7 @@ impl PerIp {
 
 impl Drop for PerIpSlot {
     fn drop(&mut self) {
-        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.owner.open.locked();
         if let Some(n) = open.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use super::shard::Shard;
 use crate::server::stats::Direction;
 use crate::server::{ConnectionId, RelayToken};
+use crate::sys::Locked;
 
 /// A connection to a peer that does not complete within this time fails (447).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,7 +42,7 @@ pub struct PeerConn {
 
 impl PeerConn {
     fn take_socket(&self) -> Option<std::net::TcpStream> {
-        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.socket.locked().take()
     }
 
     /// The socket, for the ConnectionBind that joins it.
@@ -89,7 +90,7 @@ pub fn listen(shard: &Weak<Shard>, addr: SocketAddr, token: RelayToken) -> io::R
             let Some(shard) = shard.upgrade() else { return };
             let Ok(std) = stream.into_std() else { continue };
             let conn = Arc::new(PeerConn::default());
-            *conn.socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(std);
+            *conn.socket.locked() = Some(std);
             shard.relay_event(|engine, out| {
                 engine.handle_peer_connection(Instant::now(), token, peer, PeerStream(conn), out)
             });
@@ -123,7 +124,7 @@ pub fn connect(shard: &Weak<Shard>, from: SocketAddr, peer: SocketAddr, id: Conn
         };
         let ok = match up {
             Some(std) if !task_conn.closed.load(Relaxed) => {
-                *task_conn.socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(std);
+                *task_conn.socket.locked() = Some(std);
                 true
             }
             _ => false,
@@ -184,7 +185,7 @@ async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         // Over a bandwidth cap the bytes wait (and, with nothing more read meanwhile, the
         // sender is slowed by TCP itself) instead of being dropped.
         let wait = {
-            let mut bucket = conn.bucket.lock().unwrap_or_else(|e| e.into_inner());
+            let mut bucket = conn.bucket.locked();
             shard
                 .engine
                 .try_borrow_mut()

@@ -13,6 +13,7 @@ use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
+use crate::sys::{Locked, RwLocked};
 
 /// Identifies the versions of the two files on disk.
 type Stamp = Option<[(std::time::SystemTime, u64, u64); 2]>;
@@ -75,7 +76,7 @@ pub struct CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // Held only to clone the Arc.
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(self.current.reading().clone())
     }
 }
 
@@ -95,16 +96,16 @@ impl CertStore {
     /// stays.
     pub fn reload(&self, paths: &TlsConfig, force: bool) -> Result<bool, String> {
         let now = stamp(paths);
-        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-        let same_paths = *self.paths.read().unwrap_or_else(|e| e.into_inner()) == *paths;
+        let mut last = self.stamp.locked();
+        let same_paths = *self.paths.reading() == *paths;
         if !force && same_paths && now == *last {
             return Ok(false);
         }
         // Remember this version even if it fails, so a broken file is reported once.
         *last = now;
         let ck = load(paths)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
-        *self.paths.write().unwrap_or_else(|e| e.into_inner()) = paths.clone();
+        *self.current.writing() = Arc::new(ck);
+        *self.paths.writing() = paths.clone();
         Ok(true)
     }
 

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::config::XdpConfig;
 use crate::server::{Engine, FastPath, FastPathEntry, RelayIo, Traffic};
+use crate::sys::Locked;
 
 /// The program's own counters, by index (bpf/turnd_xdp.c `STAT_*`).
 pub const PROGRAM_STATS: [&str; 5] = [
@@ -299,7 +300,7 @@ impl FastPathMaps {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, program::Program> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.locked()
     }
 
     /// The program's own counters, by [`PROGRAM_STATS`] name.

@@ -18,6 +18,7 @@ use super::refusal::Refusal;
 use super::turn::Outcome;
 use super::{EndReason, Engine, FiveTuple, RelayIo, DEFAULT_LIFETIME};
 use crate::proto::{Family, Field, TransactionId, TurnAttributes};
+use crate::sys::Locked;
 
 /// UDP, the only relay transport (REQUESTED-TRANSPORT value).
 const PROTO_UDP: u8 = 17;
@@ -57,13 +58,9 @@ impl std::fmt::Debug for PortReservations {
 }
 
 impl PortReservations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 8], Reserved>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Ports reserved and not yet claimed.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.inner.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,7 +69,7 @@ impl PortReservations {
 
     /// Takes the reservation of `token` unless it is unknown or past its deadline.
     fn take(&self, token: &[u8; 8], now: Instant) -> Option<Reserved> {
-        let mut map = self.lock();
+        let mut map = self.inner.locked();
         let live = map.get(token).is_some_and(|r| r.expires > now);
         let r = map.remove(token);
         live.then_some(r).flatten()
@@ -80,7 +77,7 @@ impl PortReservations {
 
     /// Frees the reservation of `token` if it is still the one due at `deadline`.
     pub(super) fn expire(&self, token: &[u8; 8], deadline: Instant) {
-        let mut map = self.lock();
+        let mut map = self.inner.locked();
         if map.get(token).is_some_and(|r| r.expires == deadline) {
             map.remove(token);
         }
@@ -192,7 +189,7 @@ impl<R: RelayIo> Engine<R> {
         ) {
             if let (Some(r), Some(t)) = (claimed, token) {
                 // Still reserved for a later try, until its own deadline.
-                self.shared.reservations.lock().insert(t, r);
+                self.shared.reservations.inner.locked().insert(t, r);
             }
             return Err(e);
         }
@@ -280,7 +277,7 @@ impl<R: RelayIo> Engine<R> {
             let mut t = [0u8; 8];
             self.rng.fill_bytes(&mut t);
             self.reservation_timers.push(Reverse((r.expires, t)));
-            self.shared.reservations.lock().insert(t, r);
+            self.shared.reservations.inner.locked().insert(t, r);
             t
         });
         let mut relayed = [0, 1].map(|i| relays[i].as_ref().map(|r| r.advertised));

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Refusal;
+use crate::sys::Locked;
 
 /// A token bucket of bytes: `rate` per second, holding up to one second's worth.
 #[derive(Debug, Clone, Copy)]
@@ -147,7 +148,7 @@ struct QuotaInner {
 impl Quota {
     /// Counts one more allocation for `user`, unless a limit is reached.
     pub(super) fn acquire(&self, user: &str, max_total: u32, max_user: u32) -> Result<(), Refusal> {
-        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.inner.locked();
         let used = q.per_user.get(user).copied().unwrap_or(0) + q.elsewhere.get(user).copied().unwrap_or(0);
         if q.total >= max_total {
             return Err(Refusal::ServerQuota);
@@ -161,7 +162,7 @@ impl Quota {
     }
 
     pub(super) fn release(&self, user: &str) {
-        let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.inner.locked();
         q.total = q.total.saturating_sub(1);
         if let Some(n) = q.per_user.get_mut(user) {
             *n -= 1;
@@ -173,19 +174,19 @@ impl Quota {
 
     /// Allocations held process-wide.
     pub fn total(&self) -> u32 {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).total
+        self.inner.locked().total
     }
 
     /// This node's allocations by user (what a cluster node publishes as its leases).
     pub fn per_user(&self) -> Vec<(String, u32)> {
-        let q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let q = self.inner.locked();
         q.per_user.iter().map(|(u, n)| (u.to_string(), *n)).collect()
     }
 
     /// What other nodes hold, by user: counted against `max_allocations_per_user` with this
     /// node's own. An empty map (a single node, or Redis out of reach) leaves local counts.
     pub fn set_elsewhere(&self, elsewhere: std::collections::HashMap<Box<str>, u32>) {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).elsewhere = elsewhere;
+        self.inner.locked().elsewhere = elsewhere;
     }
 }
 

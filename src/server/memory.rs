@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::io::{RelayIo, RelayToken};
+use crate::sys::Locked;
 
 #[derive(Debug, Default)]
 struct State {
@@ -31,7 +32,7 @@ pub struct MemoryRelay {
 }
 
 fn lock(s: &Mutex<State>) -> MutexGuard<'_, State> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
+    s.locked()
 }
 
 /// A pretend port held for a later allocation; dropping it frees the address.

@@ -53,6 +53,7 @@ pub use tcp_relay::{Connection, ConnectionId, State as ConnectionState, BIND_TIM
 
 use crate::auth::{CredentialSource, Credentials, NonceKey};
 use crate::proto::{AttrType, Class, ErrorCode, Message, MessageType, MessageWriter, Method, ParseError};
+use crate::sys::RwLocked;
 use stats::{DropReason, Stats};
 
 /// What the engine needs from the configuration.
@@ -178,34 +179,34 @@ impl Shared {
     /// The credential source in force.
     pub fn credentials(&self) -> Arc<dyn CredentialSource> {
         // Held only to clone the Arc.
-        self.credentials.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.credentials.reading().clone()
     }
 
     /// Replaces the credential source; requests already being handled keep the old one.
     pub fn set_credentials(&self, c: Arc<dyn CredentialSource>) {
-        *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = c;
+        *self.credentials.writing() = c;
     }
 
     /// The nonce key in force.
     pub(crate) fn nonce_key(&self) -> NonceKey {
-        self.nonce_key.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.nonce_key.reading().clone()
     }
 
     /// Replaces the nonce key (the cluster's shared one); nonces made with the old key get
     /// 438 and a fresh nonce.
     pub fn set_nonce_key(&self, k: NonceKey) {
-        *self.nonce_key.write().unwrap_or_else(|e| e.into_inner()) = k;
+        *self.nonce_key.writing() = k;
     }
 
     /// Replaces the nodes a refused Allocate may be sent to (best first).
     pub fn set_alternates(&self, a: Vec<Alternate>) {
-        *self.alternates.write().unwrap_or_else(|e| e.into_inner()) = a;
+        *self.alternates.writing() = a;
     }
 
     /// Where to send a client on `tuple`: the best other node of the client's family (with a
     /// TLS port, for a TLS client), and its name for ALTERNATE-DOMAIN.
     pub(crate) fn alternate(&self, tuple: &FiveTuple) -> Option<(SocketAddr, Option<String>)> {
-        let all = self.alternates.read().unwrap_or_else(|e| e.into_inner());
+        let all = self.alternates.reading();
         all.iter()
             .filter(|a| a.address.is_ipv4() == tuple.client.is_ipv4())
             .find_map(|a| match tuple.transport {
@@ -556,10 +557,8 @@ impl<R: RelayIo> Engine<R> {
         data: &[u8],
         out: &mut [u8],
     ) -> Output<'static, R::Socket> {
-        match self.peer_to_client(now, token, peer, data, out) {
-            Some((tuple, len)) => Output::ToClient { tuple, len },
-            None => Output::None,
-        }
+        let sent = self.peer_to_client(now, token, peer, data, out);
+        sent.map_or(Output::None, |(tuple, len)| Output::ToClient { tuple, len })
     }
 
     /// A TCP client connection closed: its allocation ends at once. (UDP has no close.)

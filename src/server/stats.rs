@@ -46,8 +46,19 @@ impl Level {
     }
 }
 
+/// A label's name and its values, in index order: what the metrics module writes.
+pub trait Labels {
+    const LABEL: &'static str;
+    const NAMES: &'static [&'static str];
+}
+
+impl Labels for Transport {
+    const LABEL: &'static str = "transport";
+    const NAMES: &'static [&'static str] = &["udp", "tcp", "tls"];
+}
+
 macro_rules! label_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident),* $(,)? }) => {
+    ($(#[$m:meta])* $name:ident $label:literal { $($(#[$vm:meta])* $v:ident),* $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[allow(non_camel_case_types)]
@@ -55,17 +66,20 @@ macro_rules! label_enum {
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$v),*];
             pub const COUNT: usize = Self::ALL.len();
-            /// The label value in the exposition.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$v => stringify!($v)),* }
             }
+        }
+        impl Labels for $name {
+            const LABEL: &'static str = $label;
+            const NAMES: &'static [&'static str] = &[$(stringify!($v)),*];
         }
     };
 }
 
 label_enum! {
     /// Why a packet was dropped without an answer (`turnd_dropped_packets_total{reason}`).
-    DropReason {
+    DropReason "reason" {
         /// Not a well-formed STUN message: length, cookie, attribute layout.
         malformed,
         /// FINGERPRINT present but wrong.
@@ -93,7 +107,7 @@ label_enum! {
 
 label_enum! {
     /// Why authentication failed (`turnd_auth_failures_total{reason}`).
-    AuthFailure {
+    AuthFailure "reason" {
         /// USERNAME is not a known user.
         unknown_user,
         /// MESSAGE-INTEGRITY did not verify: wrong password.
@@ -115,22 +129,22 @@ label_enum! {
 
 label_enum! {
     /// TURN request methods (`turnd_turn_requests_total{method}`).
-    TurnMethod { allocate, refresh, create_permission, channel_bind, connect, connection_bind }
+    TurnMethod "method" { allocate, refresh, create_permission, channel_bind, connect, connection_bind }
 }
 
 label_enum! {
     /// Relay directions (`turnd_relay_*_total{direction}`).
-    Direction { client_to_peer, peer_to_client }
+    Direction "direction" { client_to_peer, peer_to_client }
 }
 
 label_enum! {
     /// How relayed data was framed on the client side (`turnd_relay_framing_total{framing}`).
-    Framing { send_indication, data_indication, channel_data }
+    Framing "framing" { send_indication, data_indication, channel_data }
 }
 
 label_enum! {
     /// RFC 5780 requests by what they ask (`turnd_nat_discovery_requests_total{kind}`).
-    DiscoveryKind { change_ip, change_port, change_both, response_port, padding }
+    DiscoveryKind "kind" { change_ip, change_port, change_both, response_port, padding }
 }
 
 /// Upper bounds of the allocation-lifetime histogram, in seconds: seconds to days.

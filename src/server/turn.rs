@@ -190,32 +190,20 @@ impl<R: RelayIo> Engine<R> {
     /// Logs a refusal (rate-limited), naming the setting that would change it, if any.
     fn log_refusal(&mut self, now: Instant, tuple: &FiveTuple, method: TurnMethod, user: &str, refusal: Refusal) {
         if let Some(suppressed) = self.log_limiter.allow(now) {
-            let why = refusal.reason();
-            match refusal.setting() {
-                Some(setting) => tracing::info!(
-                    event = "request refused",
-                    method = method.as_str(),
-                    code = refusal.code().0,
-                    reason = why,
-                    setting,
-                    user,
-                    client = %tuple.client,
-                    transport = tuple.transport.as_str(),
-                    suppressed,
-                    "request refused: {why} (setting: {setting})"
-                ),
-                None => tracing::info!(
-                    event = "request refused",
-                    method = method.as_str(),
-                    code = refusal.code().0,
-                    reason = why,
-                    user,
-                    client = %tuple.client,
-                    transport = tuple.transport.as_str(),
-                    suppressed,
-                    "request refused: {why}"
-                ),
-            }
+            let (why, setting) = (refusal.reason(), refusal.setting());
+            let hint = setting.map(|s| format!(" (setting: {s})")).unwrap_or_default();
+            tracing::info!(
+                event = "request refused",
+                method = method.as_str(),
+                code = refusal.code().0,
+                reason = why,
+                setting,
+                user,
+                client = %tuple.client,
+                transport = tuple.transport.as_str(),
+                suppressed,
+                "request refused: {why}{hint}"
+            );
         }
     }
 
