@@ -2,7 +2,6 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -51,36 +50,25 @@ fn ask_cluster(
 
 /// `turnd sessions`: this server's allocations over the admin socket, or with `[cluster]`
 /// (and no `--local`) every node's, each tagged with its node.
-pub fn sessions(config: &Config, user: Option<&str>, local: bool) -> ExitCode {
+pub fn sessions(config: &Config, user: Option<&str>, local: bool) -> Result<(), String> {
     let list: Vec<SessionInfo> = match (&config.cluster, local) {
         (Some(cluster), false) => {
             let request = crate::cluster::command::Request::Sessions {
                 user: user.map(str::to_string),
             };
-            match ask_cluster(cluster, request) {
-                Ok(answers) => {
-                    let mut all: Vec<SessionInfo> = answers.into_iter().flat_map(|a| a.sessions).collect();
-                    all.sort_by(|a, b| (&a.node, &a.user, a.client).cmp(&(&b.node, &b.user, b.client)));
-                    all
-                }
-                Err(e) => {
-                    eprintln!("turnd: {e}");
-                    return ExitCode::from(1);
-                }
-            }
+            let mut all: Vec<SessionInfo> = ask_cluster(cluster, request)?
+                .into_iter()
+                .flat_map(|a| a.sessions)
+                .collect();
+            all.sort_by(|a, b| (&a.node, &a.user, a.client).cmp(&(&b.node, &b.user, b.client)));
+            all
         }
         _ => {
             let request = match user {
                 Some(u) => format!("sessions {u}"),
                 None => "sessions".into(),
             };
-            match ask(config, &request) {
-                Ok(v) => serde_json::from_value(v["sessions"].clone()).unwrap_or_default(),
-                Err(e) => {
-                    eprintln!("turnd: {e}");
-                    return ExitCode::from(1);
-                }
-            }
+            serde_json::from_value(ask(config, &request)?["sessions"].clone()).unwrap_or_default()
         }
     };
     let with_node = list.iter().any(|s| s.node.is_some());
@@ -131,14 +119,13 @@ pub fn sessions(config: &Config, user: Option<&str>, local: bool) -> ExitCode {
         }
     }
     eprintln!("{} allocation(s)", list.len());
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// `turnd disconnect USER`: on this server, or with `[cluster]` on every node.
-pub fn disconnect(config: &Config, user: &str) -> ExitCode {
+pub fn disconnect(config: &Config, user: &str) -> Result<(), String> {
     if user.is_empty() || user.chars().any(char::is_whitespace) {
-        eprintln!("turnd: the user name must be non-empty and have no spaces");
-        return ExitCode::from(1);
+        return Err("the user name must be non-empty and have no spaces".into());
     }
     let ended = match &config.cluster {
         Some(cluster) => {
@@ -151,14 +138,6 @@ pub fn disconnect(config: &Config, user: &str) -> ExitCode {
         None => ask(config, &format!("disconnect {user}"))
             .map(|v| format!("{} allocation(s) of {user:?}", v["disconnected"])),
     };
-    match ended {
-        Ok(what) => {
-            println!("ended {what}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("turnd: {e}");
-            ExitCode::from(1)
-        }
-    }
+    println!("ended {}", ended?);
+    Ok(())
 }

@@ -1,7 +1,5 @@
 //! `turnd cluster status`: the nodes as Redis has them.
 
-use std::process::ExitCode;
-
 use crate::cluster::{nodes, unix_ms, NodeState, Store};
 use crate::config::Config;
 
@@ -16,23 +14,16 @@ struct NodeRow {
     load: Option<NodeState>,
 }
 
-pub fn status(config: &Config, json: bool) -> ExitCode {
+pub fn status(config: &Config, json: bool) -> Result<(), String> {
     let Some(cluster) = &config.cluster else {
-        eprintln!("turnd: no [cluster] in {}: this is a single node", config.source);
-        return ExitCode::from(1);
+        return Err(format!("no [cluster] in {}: this is a single node", config.source));
     };
     let r = super::users::block_on(async {
         let store = Store::new(cluster)?;
         let mut conn = store.connect().await?;
         nodes(&store, &mut conn).await
     });
-    let list = match r.and_then(|r| r.map_err(|e| e.to_string())) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("turnd: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let list = r.and_then(|r| r.map_err(|e| e.to_string()))?;
     let now = unix_ms();
     let rows: Vec<NodeRow> = list
         .into_iter()
@@ -49,7 +40,7 @@ pub fn status(config: &Config, json: bool) -> ExitCode {
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     println!(
         "{:<20} {:<9} {:>11} {:>13} {:>10}  ADVERTISE",
@@ -78,7 +69,7 @@ pub fn status(config: &Config, json: bool) -> ExitCode {
             advertise
         );
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian), after Howard Hinnant.
@@ -137,31 +128,21 @@ fn parse_since(text: &str, now_s: u64) -> Result<u64, String> {
 }
 
 /// `turnd usage`: what each account used, by hour, from the cluster's Redis.
-pub fn usage(config: &Config, account: Option<&str>, since: &str, format: super::UsageFormat) -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("turnd: {e}");
-        ExitCode::from(1)
-    };
+pub fn usage(config: &Config, account: Option<&str>, since: &str, format: super::UsageFormat) -> Result<(), String> {
     let Some(cluster) = &config.cluster else {
-        return fail(format!(
+        return Err(format!(
             "no [cluster] in {}: usage is kept in the cluster's Redis",
             config.source
         ));
     };
     let now_s = unix_ms() / 1000;
-    let since_s = match parse_since(since, now_s) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
+    let since_s = parse_since(since, now_s)?;
     let r = super::users::block_on(async {
         let store = Store::new(cluster)?;
         let mut conn = store.connect().await?;
         crate::cluster::usage::read(&store, &mut conn, since_s, now_s, account).await
     });
-    let hours = match r.and_then(|r| r.map_err(|e| e.to_string())) {
-        Ok(h) => h,
-        Err(e) => return fail(e),
-    };
+    let hours = r.and_then(|r| r.map_err(|e| e.to_string()))?;
     let rows = hours
         .iter()
         .flat_map(|(h, accounts)| accounts.iter().map(move |(a, u)| (*h, a, u)));
@@ -227,7 +208,7 @@ pub fn usage(config: &Config, account: Option<&str>, since: &str, format: super:
             }
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 #[cfg(test)]

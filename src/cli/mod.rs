@@ -237,6 +237,17 @@ fn manpages(dir: &std::path::Path) -> ExitCode {
     }
 }
 
+/// A command's exit code: 0, or 1 with the error on stderr.
+fn done(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     // These need no config, and a broken one must not stop them.
@@ -275,7 +286,7 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve::serve(config),
-        Command::User { action } => match action {
+        Command::User { action } => done(match action {
             UserCommand::Add {
                 name,
                 realm,
@@ -288,16 +299,16 @@ pub fn run(cli: Cli) -> ExitCode {
                 realm,
                 password_stdin,
             } => users::passwd(&config, &name, realm.as_deref(), password_stdin),
-        },
-        Command::Credential { user, ttl, format } => users::credential(&config, user.as_deref(), &ttl, format),
-        Command::Sessions { user, local } => admin::sessions(&config, user.as_deref(), local),
-        Command::Disconnect { user } => admin::disconnect(&config, &user),
+        }),
+        Command::Credential { user, ttl, format } => done(users::credential(&config, user.as_deref(), &ttl, format)),
+        Command::Sessions { user, local } => done(admin::sessions(&config, user.as_deref(), local)),
+        Command::Disconnect { user } => done(admin::disconnect(&config, &user)),
         Command::NatCheck(a) => nat_check(&a),
         Command::Completions { .. } | Command::Manpages { .. } => ExitCode::SUCCESS,
         Command::Cluster {
             action: ClusterCommand::Status { json },
-        } => cluster::status(&config, json),
-        Command::Usage { user, since, format } => cluster::usage(&config, user.as_deref(), &since, format),
+        } => done(cluster::status(&config, json)),
+        Command::Usage { user, since, format } => done(cluster::usage(&config, user.as_deref(), &since, format)),
     }
 }
 

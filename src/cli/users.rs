@@ -1,18 +1,12 @@
 //! `turnd user …` and `turnd credential`.
 
 use std::io::BufRead;
-use std::process::ExitCode;
 
 use crate::auth::users_file::{self, ModifyError, UserRecord, UsersFile};
 use crate::auth::UserName;
 use crate::auth::{Keys, RestSecrets};
 use crate::cluster::Store;
 use crate::config::{parse_duration, Config};
-
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("turnd: {msg}");
-    ExitCode::from(1)
-}
 
 /// Reads one line (the password) from standard input.
 fn password_from_stdin() -> Result<String, String> {
@@ -29,14 +23,14 @@ fn password_from_stdin() -> Result<String, String> {
     Ok(pw.to_string())
 }
 
-fn explain(e: ModifyError, path: &std::path::Path) -> ExitCode {
+fn explain(e: ModifyError, path: &std::path::Path) -> String {
     match e {
-        ModifyError::File(users_file::UsersFileError::Corrupt { .. }) => fail(format!(
+        ModifyError::File(users_file::UsersFileError::Corrupt { .. }) => format!(
             "{e}\nThe users file is not valid, so it was left untouched. Fix it by hand, or move it aside \
              (mv {p} {p}.bad) and add the users again.",
             p = path.display()
-        )),
-        e => fail(e),
+        ),
+        e => e.to_string(),
     }
 }
 
@@ -53,25 +47,17 @@ fn server_realm<'a>(config: &'a Config, asked: Option<&str>) -> Result<&'a str, 
     }
 }
 
-pub fn add(config: &Config, name: &str, realm: Option<&str>, password_stdin: bool) -> ExitCode {
-    if let Err(e) = UserName::new(name) {
-        return fail(e);
-    }
-    let realm = match server_realm(config, realm) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
+pub fn add(config: &Config, name: &str, realm: Option<&str>, password_stdin: bool) -> Result<(), String> {
+    UserName::new(name)?;
+    let realm = server_realm(config, realm)?;
     if config.auth.users.iter().any(|u| u.name.as_str() == name) {
-        return fail(format!(
+        return Err(format!(
             "user {name:?} is defined in [[auth.users]] in {}; change it there",
             config.source
         ));
     }
-    let (password, generated) = match new_password(password_stdin) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let r = modify(config, |f| {
+    let (password, generated) = new_password(password_stdin)?;
+    modify(config, |f| {
         if f.find(name, realm).is_some() {
             return Err(format!(
                 "user {name:?} already exists in realm {realm:?}; use `turnd user passwd`"
@@ -83,71 +69,48 @@ pub fn add(config: &Config, name: &str, realm: Option<&str>, password_stdin: boo
             keys: Keys::derive(name, realm, &password),
         });
         Ok(())
-    });
-    match r {
-        Ok(()) => {
-            let place = place(config);
-            if generated {
-                println!("{password}");
-                eprintln!(
-                    "added user {name:?} in realm {realm:?} ({place}); its password is printed above and is not stored"
-                );
-            } else {
-                eprintln!("added user {name:?} in realm {realm:?} ({place})");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+    })?;
+    let place = place(config);
+    if generated {
+        println!("{password}");
+        eprintln!("added user {name:?} in realm {realm:?} ({place}); its password is printed above and is not stored");
+    } else {
+        eprintln!("added user {name:?} in realm {realm:?} ({place})");
     }
+    Ok(())
 }
 
-pub fn remove(config: &Config, name: &str, realm: Option<&str>) -> ExitCode {
+pub fn remove(config: &Config, name: &str, realm: Option<&str>) -> Result<(), String> {
     let realm = realm.unwrap_or(&config.realm);
-    let r = modify(config, |f| match f.find(name, realm) {
+    modify(config, |f| match f.find(name, realm) {
         Some(i) => {
             f.users.remove(i);
             Ok(())
         }
         None => Err(format!("no user {name:?} in realm {realm:?}")),
-    });
-    match r {
-        Ok(()) => {
-            eprintln!("removed user {name:?} from realm {realm:?} ({})", place(config));
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
+    })?;
+    eprintln!("removed user {name:?} from realm {realm:?} ({})", place(config));
+    Ok(())
 }
 
-pub fn passwd(config: &Config, name: &str, realm: Option<&str>, password_stdin: bool) -> ExitCode {
-    let realm = match server_realm(config, realm) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
-    let (password, generated) = match new_password(password_stdin) {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    let r = modify(config, |f| match f.find(name, realm) {
+pub fn passwd(config: &Config, name: &str, realm: Option<&str>, password_stdin: bool) -> Result<(), String> {
+    let realm = server_realm(config, realm)?;
+    let (password, generated) = new_password(password_stdin)?;
+    modify(config, |f| match f.find(name, realm) {
         Some(i) => {
             f.users[i].keys = Keys::derive(name, realm, &password);
             Ok(())
         }
         None => Err(format!("no user {name:?} in realm {realm:?}")),
-    });
-    match r {
-        Ok(()) => {
-            if generated {
-                println!("{password}");
-            }
-            eprintln!(
-                "changed the password of {name:?} in realm {realm:?} ({})",
-                place(config)
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+    })?;
+    if generated {
+        println!("{password}");
     }
+    eprintln!(
+        "changed the password of {name:?} in realm {realm:?} ({})",
+        place(config)
+    );
+    Ok(())
 }
 
 /// The password from stdin, or a generated one (then true).
@@ -177,8 +140,8 @@ pub(super) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, String
 }
 
 /// Applies `change` where this config keeps its users: the cluster's Redis with `[cluster]`,
-/// else the users file. On failure the error is printed and the exit code returned.
-fn modify(config: &Config, change: impl Fn(&mut UsersFile) -> Result<(), String>) -> Result<(), ExitCode> {
+/// else the users file.
+fn modify(config: &Config, change: impl Fn(&mut UsersFile) -> Result<(), String>) -> Result<(), String> {
     let Some(cluster) = &config.cluster else {
         let path = &config.auth.users_file;
         return users_file::modify(path, change).map_err(|e| explain(e, path));
@@ -189,12 +152,12 @@ fn modify(config: &Config, change: impl Fn(&mut UsersFile) -> Result<(), String>
             .await
             .map_err(|e| e.to_string())
     });
-    r.and_then(|r| r).map_err(fail)
+    r.and_then(|r| r)
 }
 
 /// Lists users as `NAME<TAB>REALM<TAB>SOURCE`: the cluster's (with `[cluster]`), the users
 /// file's, then `[[auth.users]]` from the config file (which `turnd user` cannot change).
-pub fn list(config: &Config, realm: Option<&str>) -> ExitCode {
+pub fn list(config: &Config, realm: Option<&str>) -> Result<(), String> {
     let mut sources = Vec::new();
     if let Some(cluster) = &config.cluster {
         let r = block_on(async {
@@ -205,15 +168,10 @@ pub fn list(config: &Config, realm: Option<&str>) -> ExitCode {
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(users)
         });
-        match r.and_then(|r| r) {
-            Ok(users) => sources.push((users, "cluster")),
-            Err(e) => return fail(e),
-        }
+        sources.push((r.and_then(|r| r)?, "cluster"));
     }
-    match UsersFile::load(&config.auth.users_file) {
-        Ok(f) => sources.push((f, "users file")),
-        Err(e) => return fail(e),
-    }
+    let file = UsersFile::load(&config.auth.users_file).map_err(|e| e.to_string())?;
+    sources.push((file, "users file"));
     for (file, source) in &sources {
         for u in file.users.iter().filter(|u| realm.is_none_or(|r| u.realm == r)) {
             println!("{}\t{}\t{source}", u.name, u.realm);
@@ -224,7 +182,7 @@ pub fn list(config: &Config, realm: Option<&str>) -> ExitCode {
             println!("{}\t{}\tconfig file", u.name, config.realm);
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
 /// Output formats of `turnd credential`.
@@ -301,16 +259,13 @@ pub fn turn_urls(config: &Config) -> Vec<String> {
     urls
 }
 
-pub fn credential(config: &Config, user: Option<&str>, ttl: &str, format: Format) -> ExitCode {
-    let ttl = match parse_duration(ttl) {
-        Ok(d) if d.as_secs() >= 1 => d,
-        Ok(_) => return fail("--ttl must be at least 1s"),
-        Err(e) => return fail(format!("--ttl: {e}")),
-    };
-    if let Some(id) = user {
-        if id.is_empty() || id.chars().any(char::is_control) {
-            return fail("--user must be non-empty printable text");
-        }
+pub fn credential(config: &Config, user: Option<&str>, ttl: &str, format: Format) -> Result<(), String> {
+    let ttl = parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    if ttl.as_secs() < 1 {
+        return Err("--ttl must be at least 1s".into());
+    }
+    if user.is_some_and(|id| id.is_empty() || id.chars().any(char::is_control)) {
+        return Err("--user must be non-empty printable text".into());
     }
     let secrets = RestSecrets::new(config.auth.secrets.iter().cloned());
     let now = std::time::SystemTime::now()
@@ -318,7 +273,7 @@ pub fn credential(config: &Config, user: Option<&str>, ttl: &str, format: Format
         .map_or(0, |d| d.as_secs());
     let expiry = now + ttl.as_secs();
     let Some((username, password)) = secrets.mint(expiry, user) else {
-        return fail(format!(
+        return Err(format!(
             "no TURN REST API secret is configured (auth.secrets in {}): add one to mint credentials",
             config.source
         ));
@@ -343,5 +298,5 @@ pub fn credential(config: &Config, user: Option<&str>, ttl: &str, format: Format
             println!("{v}");
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

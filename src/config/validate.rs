@@ -20,22 +20,10 @@ const DEFAULT_REALM: &str = "turnd";
 const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9641);
 /// `metrics.listen = "off"` serves no HTTP endpoint.
 pub const METRICS_OFF: &str = "off";
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Generous for a NAT full of users, small enough that one source cannot use the server as
 /// a reflector.
 const DEFAULT_UNAUTHENTICATED_RATE: u32 = 200;
 const DEFAULT_RELAY_ADDRESSES: [&str; 2] = ["0.0.0.0", "::"];
-const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
-const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
-const DEFAULT_MAX_ALLOCATIONS: u32 = 100_000;
-const DEFAULT_MAX_ALLOCATIONS_PER_USER: u32 = 100;
-const DEFAULT_MAX_TCP_CONNECTIONS: u32 = 32;
-
-const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 64;
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
-const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(90 * 86400);
 
 /// Converts a byte offset into a 1-based (line, column).
 pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -57,6 +45,41 @@ impl Ctx<'_> {
             position: Some(line_col(self.text, span.start)),
             message: message.into(),
         }
+    }
+
+    /// A duration, `default` when absent, and no shorter than `min_secs`.
+    fn duration(
+        &self,
+        v: Option<Spanned<String>>,
+        default: Duration,
+        min_secs: u64,
+        key: &str,
+    ) -> Result<Duration, ConfigError> {
+        let Some(s) = v else { return Ok(default) };
+        let (d, min) = (parsed(self, &s, parse_duration)?, Duration::from_secs(min_secs));
+        if d < min {
+            return Err(self.err(s.span(), format!("{key} must be at least {}", format_duration(min))));
+        }
+        Ok(d)
+    }
+
+    /// An integer, `default` when absent, inside `range`.
+    fn int<T>(&self, v: Option<Spanned<i64>>, default: T, range: RangeInclusive<T>, key: &str) -> Result<T, ConfigError>
+    where
+        T: TryFrom<i64> + PartialOrd + std::fmt::Display,
+    {
+        let Some(n) = v else { return Ok(default) };
+        let (lo, hi) = (range.start(), range.end());
+        let bad = || {
+            self.err(
+                n.span(),
+                format!("{key} must be between {lo} and {hi}, got {}", n.get_ref()),
+            )
+        };
+        T::try_from(*n.get_ref())
+            .ok()
+            .filter(|x| range.contains(x))
+            .ok_or_else(bad)
     }
 }
 
@@ -93,7 +116,7 @@ impl Config {
             cx.err(span, e.message().trim_end().to_string())
         })?;
 
-        let threads = int_in(&cx, raw.threads, 0, 0..=MAX_THREADS, "threads")?;
+        let threads = cx.int(raw.threads, 0, 0..=MAX_THREADS, "threads")?;
 
         let software = raw.software.map(|s| printable(&cx, s, "software")).transpose()?;
 
@@ -203,14 +226,13 @@ impl Config {
             }
             None => None,
         };
-        let unauthenticated_rate = int_in(
-            &cx,
+        let unauthenticated_rate = cx.int(
             raw.limits.unwrap_or_default().unauthenticated_rate,
             DEFAULT_UNAUTHENTICATED_RATE,
             0..=u32::MAX,
             "limits.unauthenticated_rate (0: no limit)",
         )?;
-        let shutdown_grace = duration_at_least(&cx, raw.shutdown_grace, DEFAULT_SHUTDOWN_GRACE, Duration::ZERO, "")?;
+        let shutdown_grace = cx.duration(raw.shutdown_grace, Duration::from_secs(30), 0, "")?;
 
         let nat_discovery = validate_nat_discovery(&cx, raw.nat_discovery.unwrap_or_default(), &listen)?;
 
@@ -256,46 +278,6 @@ fn cidr(cx: &Ctx<'_>, item: &Spanned<String>, key: &str) -> Result<IpNet, Config
             )
         })?;
     Ok(net.trunc())
-}
-
-/// A duration, `default` when absent, and no shorter than `min`.
-fn duration_at_least(
-    cx: &Ctx<'_>,
-    v: Option<Spanned<String>>,
-    default: Duration,
-    min: Duration,
-    key: &str,
-) -> Result<Duration, ConfigError> {
-    let Some(s) = v else { return Ok(default) };
-    let d = parsed(cx, &s, parse_duration)?;
-    if d < min {
-        return Err(cx.err(s.span(), format!("{key} must be at least {}", format_duration(min))));
-    }
-    Ok(d)
-}
-
-/// An integer, `default` when absent, inside `range`.
-fn int_in<T>(
-    cx: &Ctx<'_>,
-    v: Option<Spanned<i64>>,
-    default: T,
-    range: RangeInclusive<T>,
-    key: &str,
-) -> Result<T, ConfigError>
-where
-    T: TryFrom<i64> + PartialOrd + std::fmt::Display,
-{
-    let Some(n) = v else { return Ok(default) };
-    T::try_from(*n.get_ref())
-        .ok()
-        .filter(|x| range.contains(x))
-        .ok_or_else(|| {
-            let (lo, hi) = (range.start(), range.end());
-            cx.err(
-                n.span(),
-                format!("{key} must be between {lo} and {hi}, got {}", n.get_ref()),
-            )
-        })
 }
 
 /// Parses a list of IPs with at most one per family.
@@ -351,14 +333,13 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
     let ports = raw
         .ports
         .map_or(Ok(PortRange::DEFAULT), |p| parsed(cx, &p, str::parse))?;
-    let max_lifetime = duration_at_least(
-        cx,
+    let max_lifetime = cx.duration(
         raw.max_lifetime,
-        DEFAULT_MAX_LIFETIME,
-        crate::types::DEFAULT_LIFETIME,
+        Duration::from_secs(3600),
+        crate::types::DEFAULT_LIFETIME.as_secs(),
         "relay.max_lifetime",
     )?;
-    let lifetime = |v, default, key| duration_at_least(cx, v, default, Duration::from_secs(1), key);
+    let lifetime = |v, default, key| cx.duration(v, default, 1, key);
     Ok(RelayConfig {
         addresses,
         external,
@@ -374,28 +355,15 @@ fn validate_relay(cx: &Ctx<'_>, raw: RawRelay) -> Result<RelayConfig, ConfigErro
             crate::types::CHANNEL_LIFETIME,
             "relay.channel_lifetime",
         )?,
-        max_allocations: int_in(
-            cx,
-            raw.max_allocations,
-            DEFAULT_MAX_ALLOCATIONS,
-            1..=u32::MAX,
-            "relay.max_allocations",
-        )?,
-        max_allocations_per_user: int_in(
-            cx,
+        max_allocations: cx.int(raw.max_allocations, 100_000, 1..=u32::MAX, "relay.max_allocations")?,
+        max_allocations_per_user: cx.int(
             raw.max_allocations_per_user,
-            DEFAULT_MAX_ALLOCATIONS_PER_USER,
+            100,
             1..=u32::MAX,
             "relay.max_allocations_per_user",
         )?,
         legacy_channel_numbers: raw.legacy_channel_numbers.unwrap_or(false),
-        max_tcp_connections: int_in(
-            cx,
-            raw.max_tcp_connections,
-            DEFAULT_MAX_TCP_CONNECTIONS,
-            1..=100_000,
-            "relay.max_tcp_connections",
-        )?,
+        max_tcp_connections: cx.int(raw.max_tcp_connections, 32, 1..=100_000, "relay.max_tcp_connections")?,
         bandwidth_per_allocation: size(cx, raw.bandwidth_per_allocation)?,
         bandwidth_total: size(cx, raw.bandwidth_total)?,
     })
@@ -420,7 +388,7 @@ fn validate_nat_discovery(
     let alternate_port = raw
         .alternate_port
         .as_ref()
-        .map(|p| int_in(cx, Some(p.clone()), 0, 1..=u16::MAX, "nat_discovery.alternate_port"))
+        .map(|p| cx.int(Some(p.clone()), 0, 1..=u16::MAX, "nat_discovery.alternate_port"))
         .transpose()?;
     let Some(list) = raw.alternate_addresses else {
         return Ok(NatDiscoveryConfig {
@@ -565,18 +533,11 @@ fn validate_cluster(cx: &Ctx<'_>, raw: Spanned<RawCluster>) -> Result<ClusterCon
         node,
         advertise,
         tls_ca,
-        lease_ttl: duration_at_least(
-            cx,
-            raw.lease_ttl,
-            DEFAULT_LEASE_TTL,
-            Duration::from_secs(3),
-            "cluster.lease_ttl",
-        )?,
-        usage_retention: duration_at_least(
-            cx,
+        lease_ttl: cx.duration(raw.lease_ttl, Duration::from_secs(10), 3, "cluster.lease_ttl")?,
+        usage_retention: cx.duration(
             raw.usage_retention,
-            DEFAULT_USAGE_RETENTION,
-            Duration::from_secs(3600),
+            Duration::from_secs(90 * 86400),
+            3600,
             "cluster.usage_retention",
         )?,
     })
@@ -681,13 +642,7 @@ fn validate_auth(cx: &Ctx<'_>, raw: RawAuth) -> Result<AuthConfig, ConfigError> 
             password: u.password.into_inner(),
         });
     }
-    let nonce_lifetime = duration_at_least(
-        cx,
-        raw.nonce_lifetime,
-        DEFAULT_NONCE_LIFETIME,
-        Duration::from_secs(10),
-        "auth.nonce_lifetime",
-    )?;
+    let nonce_lifetime = cx.duration(raw.nonce_lifetime, Duration::from_secs(600), 10, "auth.nonce_lifetime")?;
     let users_file = match raw.users_file {
         Some(p) => path(cx, p, "auth.users_file")?,
         None => paths::default_users_file(),
@@ -762,27 +717,14 @@ fn validate_listener(cx: &Ctx<'_>, raw: RawListen) -> Result<Listener, ConfigErr
             (has(Protocol::Udp), has(Protocol::Tcp), has(Protocol::Tls))
         }
     };
-    let max_connections = int_in(
-        cx,
-        raw.max_connections,
-        DEFAULT_MAX_CONNECTIONS,
-        1..=1_000_000,
-        "max_connections",
-    )?;
-    let max_connections_per_ip = int_in(
-        cx,
+    let max_connections = cx.int(raw.max_connections, 4096, 1..=1_000_000, "max_connections")?;
+    let max_connections_per_ip = cx.int(
         raw.max_connections_per_ip,
-        DEFAULT_MAX_CONNECTIONS_PER_IP.min(max_connections),
+        64.min(max_connections),
         1..=max_connections,
         "max_connections_per_ip (at most max_connections)",
     )?;
-    let idle_timeout = duration_at_least(
-        cx,
-        raw.idle_timeout,
-        DEFAULT_IDLE_TIMEOUT,
-        Duration::from_secs(1),
-        "idle_timeout",
-    )?;
+    let idle_timeout = cx.duration(raw.idle_timeout, Duration::from_secs(60), 1, "idle_timeout")?;
     let proxy_from = match (raw.proxy_protocol, raw.proxy_from) {
         (None, None) => None,
         (Some(on), from) if !*on.get_ref() => match from {

@@ -85,36 +85,35 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host} has no address"))
 }
 
-/// Runs `turnd nat-check URL`.
+/// Runs `turnd nat-check URL`: 0 when the check passed, 1 when it ran and failed, 2 when it
+/// could not run.
 pub fn run(url: &str, o: &Options) -> ExitCode {
-    let fail = |msg: String| {
-        eprintln!("turnd nat-check: {msg}");
-        ExitCode::from(2)
-    };
-    let target = match parse_url(url) {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    match target {
+    match check(url, o) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(msg) => {
+            eprintln!("turnd nat-check: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints a report as JSON or as text.
+fn show<R: serde::Serialize>(json: bool, r: &R, text: fn(&R)) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+    } else {
+        text(r);
+    }
+}
+
+fn check(url: &str, o: &Options) -> Result<bool, String> {
+    match parse_url(url)? {
         Target::Stun { host, port } => {
-            let server = match resolve(&host, port) {
-                Ok(a) => a,
-                Err(e) => return fail(e),
-            };
-            let r = match nat::check(server, o.timing, o.lifetime_max) {
-                Ok(r) => r,
-                Err(e) => return fail(format!("{server}: {e}")),
-            };
-            if o.json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print_stun(&r);
-            }
-            if r.public.is_some() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            let server = resolve(&host, port)?;
+            let r = nat::check(server, o.timing, o.lifetime_max).map_err(|e| format!("{server}: {e}"))?;
+            show(o.json, &r, print_stun);
+            Ok(r.public.is_some())
         }
         Target::Turn { host, port, tcp } => {
             let (user, password) = match (&o.user, &o.password, &o.secret) {
@@ -124,32 +123,17 @@ pub fn run(url: &str, o: &Options) -> ExitCode {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
                     let secrets = crate::auth::RestSecrets::new([secret.clone()]);
-                    match secrets.mint(now + 3600, Some(user.as_deref().unwrap_or("nat-check"))) {
-                        Some(c) => c,
-                        None => return fail("cannot mint a credential from --secret".into()),
-                    }
+                    secrets
+                        .mint(now + 3600, Some(user.as_deref().unwrap_or("nat-check")))
+                        .ok_or("cannot mint a credential from --secret")?
                 }
-                _ => return fail("turn: needs --user and --password, or --secret (a TURN REST API secret)".into()),
+                _ => return Err("turn: needs --user and --password, or --secret (a TURN REST API secret)".into()),
             };
-            let server = match resolve(&host, port) {
-                Ok(a) => a,
-                Err(e) => return fail(e),
-            };
+            let server = resolve(&host, port)?;
             let transport = if tcp { "tcp" } else { "udp" };
-            let r = match turn::check(server, transport, &user, &password, o.timing) {
-                Ok(r) => r,
-                Err(e) => return fail(format!("{server}: {e}")),
-            };
-            if o.json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print_turn(&r);
-            }
-            if r.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            let r = turn::check(server, transport, &user, &password, o.timing).map_err(|e| format!("{server}: {e}"))?;
+            show(o.json, &r, print_turn);
+            Ok(r.ok)
         }
     }
 }

@@ -114,6 +114,7 @@ impl Drop for PerIpSlot {
     }
 }
 
+#[derive(Default)]
 struct ShardSockets {
     udp: Vec<std::net::UdpSocket>,
     tcp: Vec<(std::net::TcpListener, TcpSettings)>,
@@ -278,24 +279,12 @@ impl Server {
         metrics: Arc<Metrics>,
         tls: Option<&Arc<tls::CertStore>>,
     ) -> Result<Server, BindError> {
-        let acceptor = match tls.map(|t| t.acceptor()).transpose() {
-            Ok(a) => a,
-            Err(e) => {
-                return Err(BindError {
-                    transport: "tls",
-                    address: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    source: io::Error::other(e),
-                })
-            }
-        };
+        let unnamed = SocketAddr::from(([0, 0, 0, 0], 0));
+        let acceptor = tls.map(|t| t.acceptor()).transpose();
+        let acceptor = acceptor.map_err(|e| bind_err("tls", unnamed, io::Error::other(e)))?;
         let shards = config.shard_count();
         let reuse_port = shards > 1;
-        let mut sockets: Vec<ShardSockets> = (0..shards)
-            .map(|_| ShardSockets {
-                udp: vec![],
-                tcp: vec![],
-            })
-            .collect();
+        let mut sockets: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets::default()).collect();
         let mut bound = Vec::new();
         let mut skipped = Vec::new();
 
@@ -303,18 +292,11 @@ impl Server {
             // A listener's sockets join the shards only once all of them are bound, so a
             // listener that fails leaves nothing open behind it.
             let result = (|| -> Result<_, BindError> {
-                let udp = if l.udp {
-                    let (bind, local) = (socket::bind_udp, std::net::UdpSocket::local_addr);
-                    Some(bind_per_shard(
-                        l.address,
-                        ("udp", false),
-                        (shards, reuse_port),
-                        bind,
-                        local,
-                    )?)
-                } else {
-                    None
-                };
+                let (bind, local) = (socket::bind_udp, std::net::UdpSocket::local_addr);
+                let udp = l
+                    .udp
+                    .then(|| bind_per_shard(l.address, ("udp", false), (shards, reuse_port), bind, local));
+                let udp = udp.transpose()?;
                 let tcp = if l.is_stream() {
                     let (name, tls) = match (l.tls, &acceptor) {
                         (false, _) => ("tcp", None),
@@ -407,7 +389,6 @@ impl Server {
             siblings: Arc::new(commands.clone()),
             fast_path: fast_path.clone(),
         };
-        let unnamed = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut handles = Vec::with_capacity(shards);
         for (i, (s, cmd_rx)) in sockets.into_iter().zip(receivers).enumerate() {
             // Each engine's randomness comes from the OS CSPRNG, read here, once.
