@@ -9,6 +9,13 @@ pub fn uid() -> u32 {
     std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
+/// The wall clock: time since the Unix epoch (zero for a clock set before it).
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// The host's name ("localhost" when the kernel does not say).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -268,9 +268,7 @@ pub fn credential(config: &Config, user: Option<&str>, ttl: &str, format: Format
         return Err("--user must be non-empty printable text".into());
     }
     let secrets = RestSecrets::new(config.auth.secrets.iter().cloned());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::sys::unix_time().as_secs();
     let expiry = now + ttl.as_secs();
     let Some((username, password)) = secrets.mint(expiry, user) else {
         return Err(format!(

@@ -219,9 +219,7 @@ pub async fn nonce_key(
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::sys::unix_time().as_millis() as u64
 }
 
 /// Every node with a heartbeat in Redis, live or not: the live ones with their state, the

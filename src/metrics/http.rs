@@ -228,9 +228,7 @@ fn page_route(
             String::new(),
         ),
         ("POST", "/test-credential") => {
-            let unix = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let unix = crate::sys::unix_time().as_secs();
             match page.status.test.as_ref().and_then(|t| t.mint(unix)) {
                 Some(v) => (200, "application/json", v.to_string(), String::new()),
                 None => (

@@ -276,9 +276,7 @@ impl Metrics {
                 revision: env!("TURND_GIT_REVISION"),
             })
             .set(1);
-        let start_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let start_time = crate::sys::unix_time().as_secs_f64();
         r.register_collector(Box::new(process::ProcessCollector { start_time }));
         Metrics {
             registry: r,

@@ -151,9 +151,7 @@ impl Status {
         let secs = at.elapsed().as_secs_f64().max(0.001);
         let rate = |n: u64, before: u64| (n.wrapping_sub(before) as f64 / secs).round() as u64;
         let s = Sample {
-            unix_s: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            unix_s: crate::sys::unix_time().as_secs(),
             allocations: Transport::ALL
                 .map(|t| metrics.level(|s| &s.allocations_active[t as usize]))
                 .iter()

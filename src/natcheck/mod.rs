@@ -119,9 +119,7 @@ fn check(url: &str, o: &Options) -> Result<bool, String> {
             let (user, password) = match (&o.user, &o.password, &o.secret) {
                 (Some(u), Some(p), None) => (u.clone(), p.clone()),
                 (user, None, Some(secret)) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
+                    let now = crate::sys::unix_time().as_secs();
                     let secrets = crate::auth::RestSecrets::new([secret.clone()]);
                     secrets
                         .mint(now + 3600, Some(user.as_deref().unwrap_or("nat-check")))

@@ -381,9 +381,7 @@ impl Server {
             metrics,
             clock: Epoch {
                 at: std::time::Instant::now(),
-                unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default(),
+                unix: crate::sys::unix_time(),
             },
             stop: stop_rx,
             siblings: Arc::new(commands.clone()),

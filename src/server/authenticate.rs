@@ -150,7 +150,7 @@ impl<R: RelayIo> Engine<R> {
             }
             Ok(())
         });
-        len.map_or(Output::None, |len| Output::ToClient { tuple: *tuple, len })
+        Output::reply(*tuple, len)
     }
 
     fn log_auth(&mut self, now: Instant, tuple: &FiveTuple, user: &str, f: AuthFailure) {

@@ -246,6 +246,11 @@ pub enum Output<'a, S> {
 }
 
 impl<S> Output<'_, S> {
+    /// An answer of `len` bytes to the client on `tuple`, if one was written.
+    pub(crate) fn reply(tuple: FiveTuple, len: Option<usize>) -> Self {
+        len.map_or(Output::None, |len| Output::ToClient { tuple, len })
+    }
+
     /// True when something is to be sent.
     pub fn is_some(&self) -> bool {
         !matches!(self, Output::None)
@@ -573,28 +578,25 @@ impl<R: RelayIo> Engine<R> {
 
     /// Ends every allocation of `username`; returns how many ended.
     pub fn disconnect_user(&mut self, now: Instant, username: &str) -> usize {
-        let ids: Vec<AllocationId> = self
-            .table
-            .iter()
-            .filter(|(_, a)| &*a.username == username)
-            .map(|(id, _)| id)
-            .collect();
+        self.end_where(now, EndReason::Disconnected, |a| &*a.username == username)
+    }
+
+    /// Ends every allocation for which `f` is true; returns how many ended.
+    fn end_where(&mut self, now: Instant, reason: EndReason, f: impl Fn(&Allocation<R::Socket>) -> bool) -> usize {
+        let ids: Vec<AllocationId> = self.table.iter().filter(|(_, a)| f(a)).map(|(id, _)| id).collect();
         for &id in &ids {
-            self.end_allocation(now, id, EndReason::Disconnected);
+            self.end_allocation(now, id, reason);
         }
         ids.len()
     }
 
     /// Ends every allocation at once (the server stops); returns how many ended.
     pub fn end_all(&mut self, now: Instant, reason: EndReason) -> usize {
-        let ids: Vec<AllocationId> = self.table.iter().map(|(id, _)| id).collect();
-        for &id in &ids {
-            self.end_allocation(now, id, reason);
-        }
+        let ended = self.end_where(now, reason, |_| true);
         for Reverse((deadline, token)) in self.reservation_timers.drain() {
             self.shared.reservations.expire(&token, deadline);
         }
-        ids.len()
+        ended
     }
 
     /// The next moment [`Engine::handle_timeout`] has work to do.
@@ -690,15 +692,13 @@ impl<R: RelayIo> Engine<R> {
 
     fn binding<'x>(&mut self, msg: &Message<'_>, tuple: &FiveTuple, out: &mut [u8]) -> Output<'x, R::Socket> {
         let typ = MessageType::new(Method::BINDING, Class::Success);
-        match self.respond(msg, typ, out, None, |w| {
+        let len = self.respond(msg, typ, out, None, |w| {
             w.xor_address(AttrType::XOR_MAPPED_ADDRESS, tuple.client)
-        }) {
-            Some(len) => {
-                self.stats.binding_request(tuple.transport);
-                Output::ToClient { tuple: *tuple, len }
-            }
-            None => Output::None,
+        });
+        if len.is_some() {
+            self.stats.binding_request(tuple.transport);
         }
+        Output::reply(*tuple, len)
     }
 
     fn error<'x>(
@@ -718,7 +718,7 @@ impl<R: RelayIo> Engine<R> {
             }
             Ok(())
         });
-        len.map_or(Output::None, |len| Output::ToClient { tuple: *tuple, len })
+        Output::reply(*tuple, len)
     }
 
     /// Writes a response to `msg`: the body, SOFTWARE when configured, integrity under `key`

@@ -221,10 +221,7 @@ impl<R: RelayIo> Engine<R> {
                 w.error_code(crate::proto::ErrorCode::CONNECTION_TIMEOUT_OR_FAILURE)
             })
         };
-        len.map_or(Output::None, |len| Output::ToClient {
-            tuple: reply.tuple,
-            len,
-        })
+        Output::reply(reply.tuple, len)
     }
 
     /// A peer connected to relay listener `token` (RFC 6062 §5.3). A permitted peer is
@@ -277,7 +274,7 @@ impl<R: RelayIo> Engine<R> {
             w.xor_address(AttrType::XOR_PEER_ADDRESS, peer).ok()?;
             Some(w.finish())
         })();
-        len.map_or(Output::None, |len| Output::ToClient { tuple: control, len })
+        Output::reply(control, len)
     }
 
     /// RFC 6062 §5.4: ConnectionBind on a new client connection `tuple`, with the
