@@ -3,6 +3,8 @@
 # Long runs:  bash fuzz/run.sh 3600
 # Needs cargo-fuzz (cargo install cargo-fuzz). The stable toolchain is enough:
 # RUSTC_BOOTSTRAP=1 lets cargo-fuzz use the sanitizer flags it needs.
+# The XDP program's fuzzer is BPF_PROG_TEST_RUN, not libFuzzer: as root,
+#   XDP_FUZZ_RUNS=10000000 cargo test --test xdp the_programs_parser
 set -euo pipefail
 cd "$(dirname "$0")"
 SECONDS_EACH="${1:-20}"

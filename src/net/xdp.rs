@@ -18,14 +18,10 @@ use crate::config::XdpConfig;
 use crate::server::{Engine, FastPath, FastPathEntry, RelayIo, Traffic};
 use crate::sys::Locked;
 
-/// The program's own counters, by index (bpf/turnd_xdp.c `STAT_*`).
-pub const PROGRAM_STATS: [&str; 5] = [
-    "to_peer",
-    "to_client",
-    "passed_expired",
-    "passed_length",
-    "passed_route",
-];
+/// The program's own counters, by index (bpf/turnd_xdp.c `STAT_*`): what it relayed each
+/// way, then what it passed to the stack by reason (the `reason` label of
+/// `turnd_xdp_passed_packets_total`).
+pub const PROGRAM_STATS: [&str; 6] = ["to_peer", "to_client", "expired", "length", "route", "checksum"];
 
 #[cfg_attr(not(turnd_xdp), allow(dead_code))]
 /// Map keys and values as the program lays them out: addresses in 16 bytes (IPv4 mapped),
@@ -87,6 +83,7 @@ mod layout {
 /// turnd relays them as the permission still allows.
 const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(20);
 
+#[cfg_attr(not(turnd_xdp), allow(dead_code))]
 /// Where `t` falls on CLOCK_MONOTONIC, the program's clock. `Instant` is CLOCK_MONOTONIC on
 /// Linux too; the offset is taken afresh each time.
 fn monotonic_ns(t: Instant) -> u64 {
@@ -117,7 +114,7 @@ mod program {
     /// The loaded program, its links and its maps.
     pub struct Program {
         /// Holds the program and its links: dropping it detaches everywhere.
-        _ebpf: Ebpf,
+        ebpf: Ebpf,
         clients: BpfHash<MapData, Key, Route>,
         peers: BpfHash<MapData, Key, Route>,
         counts: PerCpuArray<MapData, [u64; 4]>,
@@ -161,7 +158,7 @@ mod program {
                 peers: map(&mut ebpf, "turnd_peers")?,
                 counts: map(&mut ebpf, "turnd_counts")?,
                 stats: map(&mut ebpf, "turnd_stats")?,
-                _ebpf: ebpf,
+                ebpf,
                 cpus,
                 free: Vec::new(),
                 next: 0,
@@ -242,6 +239,28 @@ mod program {
             }
             out
         }
+
+        /// Runs `frame` through the program once (BPF_PROG_TEST_RUN): its action and the
+        /// frame as the program left it.
+        #[cfg(feature = "test-support")]
+        pub fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
+            use aya::programs::{TestRun, TestRunOptions};
+            let prog: &Xdp = self
+                .ebpf
+                .program("turnd_xdp")
+                .ok_or("the object has no turnd_xdp program")?
+                .try_into()
+                .map_err(|e| format!("turnd_xdp is not an XDP program: {e}"))?;
+            let mut out = vec![0u8; frame.len() + 64];
+            let opts = TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            };
+            let r = prog.test_run(opts).map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
+            out.truncate(r.data_size_out as usize);
+            Ok((r.return_value, out))
+        }
     }
 }
 
@@ -268,6 +287,63 @@ mod program {
         pub fn stats(&self) -> [u64; 6] {
             match *self {}
         }
+        #[cfg(feature = "test-support")]
+        pub fn run(&self, _: &[u8]) -> Result<(u32, Vec<u8>), String> {
+            match *self {}
+        }
+    }
+}
+
+/// The program loaded and attached nowhere, fed frames directly with BPF_PROG_TEST_RUN: the
+/// XDP program's fuzz harness (tests/xdp.rs; longer runs with `XDP_FUZZ_RUNS`). Needs root.
+#[cfg(feature = "test-support")]
+pub struct TestProgram(program::Program);
+
+#[cfg(feature = "test-support")]
+impl TestProgram {
+    pub fn load() -> Result<TestProgram, String> {
+        let nowhere = XdpConfig {
+            interfaces: Vec::new(),
+            mode: Default::default(),
+        };
+        program::Program::attach(&nowhere).map(TestProgram)
+    }
+
+    /// Offloads channel `channel` of the client on (`client`, `listener`) to `peer` through
+    /// relay address `relay`, as a shard does, for `lifetime` (zero: already expired).
+    pub fn install(
+        &mut self,
+        (client, listener): (SocketAddr, SocketAddr),
+        channel: u16,
+        (peer, relay): (SocketAddr, SocketAddr),
+        lifetime: std::time::Duration,
+    ) -> Result<u32, String> {
+        let channel = crate::proto::ChannelNumber::new(channel).ok_or("not a channel number")?;
+        let e = FastPathEntry {
+            allocation: crate::server::AllocationId {
+                index: 0,
+                generation: 0,
+            },
+            client,
+            listener,
+            channel,
+            peer,
+            relay,
+            expires: Instant::now() + lifetime,
+            dont_fragment: false,
+        };
+        self.0.install(&e, None)
+    }
+
+    /// One frame through the program: its action (`XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3)
+    /// and the frame it left.
+    pub fn run(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
+        self.0.run(frame)
+    }
+
+    /// The program's own counters, by [`PROGRAM_STATS`] name.
+    pub fn stats(&self) -> [u64; 6] {
+        self.0.stats()
     }
 }
 
