@@ -113,7 +113,9 @@ mod program {
 
     /// The loaded program, its links and its maps.
     pub struct Program {
-        /// Holds the program and its links: dropping it detaches everywhere.
+        /// Holds the program and its links: dropping it detaches everywhere. (Read only by
+        /// the test-support `run`.)
+        #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
         ebpf: Ebpf,
         clients: BpfHash<MapData, Key, Route>,
         peers: BpfHash<MapData, Key, Route>,
